@@ -1,0 +1,91 @@
+"""The bus interface: one Protocol, two back ends (memory.py, rabbitmq.py) with the same semantics.
+
+Semantics every back end keeps (architecture.md, "Bus topology" and "Redelivery"):
+- a message is acked only after its handler returns;
+- a handler that raises `InvalidMessage` (or a body that fails to decode) is dead-lettered at once, with the reason;
+- a handler that raises anything else is nacked with requeue and delivered again (`redelivered=True`,
+  `delivery_count` + 1) until the queue's delivery limit, then dead-lettered with the last error as reason;
+- unacked messages of a consumer that stops are requeued;
+- a single-active-consumer queue delivers to one consumer at a time and fails over when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from shared.messages import InvalidMessage, Message
+
+ExchangeType = Literal["topic", "direct", "fanout"]
+
+# Header names carried by every message.
+TYPE_HEADER = "x-message-type"
+DEATH_REASON_HEADER = "x-death-reason"
+ORIGINAL_QUEUE_HEADER = "x-original-queue"
+ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+
+class TransientError(Exception):
+    """A failure that may pass (database or broker unreachable): the message is requeued and counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key or pattern)
+    single_active_consumer: bool = False
+    exclusive: bool = False  # one consumer's private queue, deleted when it stops (e.g. control.plan)
+    delivery_limit: int | None = None  # None: the bus's default
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a handler receives beside the decoded message."""
+
+    message: Message
+    exchange: str
+    routing_key: str
+    headers: dict[str, str] = field(default_factory=dict)
+    redelivered: bool = False
+    delivery_count: int = 1
+    unknown_fields: tuple[str, ...] = ()
+
+
+Handler = Callable[[Message, Delivery], Awaitable[None]]
+
+
+class Consumer(Protocol):
+    async def cancel(self) -> None: ...
+
+
+class Bus(Protocol):
+    async def start(self) -> None:
+        """Connect and declare the exchanges of the topology (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def declare_queue(self, spec: QueueSpec) -> None: ...
+
+    async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
+        """Publish durably; return only once the broker has accepted the message (confirm)."""
+
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None) -> Consumer:
+        """Declare `spec` and deliver its messages to `handler` until the consumer is cancelled."""
+
+    async def queue_depth(self, name: str) -> int:
+        """Messages ready in a queue (not counting those delivered and not yet acked)."""
+
+    async def healthy(self) -> bool: ...
+
+
+__all__ = [
+    "Bus",
+    "Consumer",
+    "Delivery",
+    "Handler",
+    "InvalidMessage",
+    "QueueSpec",
+    "TransientError",
+]

@@ -1,0 +1,1 @@
+"""Database: SQLModel tables, the async engine, and Alembic migrations for SQLite and PostgreSQL."""

@@ -1,0 +1,30 @@
+"""Pipeline metrics (Prometheus). Names the seed's users look for: signals_ingested_total, orders_placed_total,
+decision_ignored_total{reason}; plus latency histograms per hop."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+signals_ingested_total = Counter("signals_ingested_total", "New signals stored by decision", ["strategy", "symbol"])
+decision_ignored_total = Counter("decision_ignored_total", "Signals decided `ignore`, by reason", ["reason"])
+orders_placed_total = Counter("orders_placed_total", "Orders sent to the broker, by outcome", ["status"])
+fills_total = Counter("fills_total", "Orders filled by the broker", ["symbol"])
+kill_switch_trips_total = Counter("kill_switch_trips_total", "Bots stopped by the daily-loss kill switch")
+strategy_errors_total = Counter("strategy_errors_total", "Strategy evaluations that raised", ["strategy"])
+dead_letters_total = Counter("dead_letters_total", "Messages dead-lettered", ["queue", "reason"])
+unknown_fields_total = Counter("message_unknown_fields_total", "Fields ignored from a newer minor schema", ["type"])
+bars_rejected_total = Counter("bars_rejected_total", "Bars refused by the feed validation", ["symbol", "reason"])
+bar_windows_published_total = Counter("bar_windows_published_total", "BarWindows published by market data", ["symbol"])
+
+publish_latency_seconds = Histogram("bus_publish_latency_seconds", "Time to publish (confirmed)", ["exchange"], buckets=LATENCY_BUCKETS)
+consume_latency_seconds = Histogram("bus_handler_latency_seconds", "Handler run time", ["queue"], buckets=LATENCY_BUCKETS)
+bar_to_signal_seconds = Histogram("bar_to_signal_latency_seconds", "BarWindow produced -> signal produced", buckets=LATENCY_BUCKETS)
+signal_to_order_seconds = Histogram("signal_to_order_latency_seconds", "Signal produced -> order sent to the broker", buckets=LATENCY_BUCKETS)
+scan_cycle_seconds = Histogram("scan_cycle_duration_seconds", "One market-data scan cycle", buckets=LATENCY_BUCKETS)
+
+open_positions = Gauge("open_positions", "Open positions per bot", ["bot_id"])
+bot_equity = Gauge("bot_daily_pnl", "Realised plus open P&L since the broker-day start, per bot", ["bot_id"])
+feed_stale = Gauge("feed_stale", "1 while a symbol's feed is stale and its scan paused", ["symbol"])
+queue_depth = Gauge("bus_queue_depth", "Messages ready in a queue", ["queue"])

@@ -1,0 +1,49 @@
+"""Settings from `SCALPER_*` environment variables and a `.env` file (names fixed by architecture.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCALPER_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite+aiosqlite:///{REPO_ROOT / 'var' / 'scalper.db'}",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://...",
+    )
+    bus_url: str = Field(default="memory://", description="memory:// or amqp://user:pass@host:port/vhost")
+    feed: str = Field(default="synthetic", description="synthetic | replay:PATH | mt5")
+    broker: Literal["paper", "mt5"] = "paper"
+    scan_mode: Literal["interval", "aligned"] = "interval"
+    scan_interval_s: float = Field(default=45.0, gt=0)
+    data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    otlp_endpoint: str | None = None
+    mt5_host: str | None = None
+    mt5_port: int = 18812
+    allow_live: bool = False
+
+    speed: float = Field(default=600.0, gt=0, description="clock speed of synthetic and replay feeds")
+    port: int = 8000
+    monitor_interval_s: float = Field(default=60.0, gt=0, description="position monitor cycle")
+    stale_after_min: float = Field(default=5.0, gt=0, description="minutes without a new closed bar before a symbol's scan pauses")
+    delivery_limit: int = Field(default=5, ge=1, description="deliveries of a failing message before it is dead-lettered")
+    prefetch: int = Field(default=32, ge=1)
+    order_ttl_s: float = Field(default=30.0, gt=0, description="an order intent not sent within this is expired")
+    paper_balance: float = Field(default=10_000.0, gt=0)
+    paper_commission_per_lot: float = Field(default=0.0, ge=0)
+    lookback_bars: int = Field(default=100, ge=20, description="fewest closed bars a scan publishes")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

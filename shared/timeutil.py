@@ -1,0 +1,140 @@
+"""UTC time helpers and the injectable clock: live code asks a clock, never `datetime.now()`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def ensure_utc(value: datetime) -> datetime:
+    """Return `value` as an aware UTC datetime; a naive one is refused (inside, every time is aware)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: every time inside is timezone-aware UTC")
+    return value.astimezone(UTC)
+
+
+def to_epoch(value: datetime) -> int:
+    return int(ensure_utc(value).timestamp())
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def floor_minute(value: datetime) -> datetime:
+    return ensure_utc(value).replace(second=0, microsecond=0)
+
+
+def nth_sunday(year: int, month: int, n: int) -> date:
+    first = date(year, month, 1)
+    first_sunday = first + timedelta(days=(6 - first.weekday()) % 7)
+    return first_sunday + timedelta(weeks=n - 1)
+
+
+def server_offset(rule: str, at_utc: datetime) -> timedelta:
+    """UTC offset of a broker's server clock at `at_utc`.
+
+    `rule` is `utc`, a fixed offset in hours (`+2`, `-5`, `3`), or `us_dst`: UTC+2 in winter and UTC+3 from
+    the second Sunday of March to the first Sunday of November, as most MT5 brokers run (the switch is taken
+    at 02:00 New York time, i.e. 07:00 UTC in March and 06:00 UTC in November).
+    """
+    rule = rule.strip().lower()
+    if rule in ("", "utc", "0"):
+        return timedelta(0)
+    if rule == "us_dst":
+        at = ensure_utc(at_utc)
+        start = datetime.combine(nth_sunday(at.year, 3, 2), datetime.min.time(), UTC) + timedelta(hours=7)
+        end = datetime.combine(nth_sunday(at.year, 11, 1), datetime.min.time(), UTC) + timedelta(hours=6)
+        return timedelta(hours=3) if start <= at < end else timedelta(hours=2)
+    try:
+        return timedelta(hours=float(rule))
+    except ValueError:
+        raise ValueError(f"unknown server time rule {rule!r}: use utc, us_dst or an hour offset like +2") from None
+
+
+def server_to_utc(rule: str, server_wall: datetime) -> datetime:
+    """Convert a broker wall-clock time (naive, or epoch read as if UTC) to aware UTC."""
+    naive = server_wall.replace(tzinfo=UTC)
+    guess = naive - server_offset(rule, naive)
+    return naive - server_offset(rule, guess)
+
+
+def broker_day_start(rule: str, at_utc: datetime) -> datetime:
+    """UTC instant at which the broker day containing `at_utc` began (00:00 server time)."""
+    at = ensure_utc(at_utc)
+    wall = at + server_offset(rule, at)
+    midnight_wall = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+    return server_to_utc(rule, midnight_wall.replace(tzinfo=None))
+
+
+class Clock(Protocol):
+    """What every live component asks for the time; tests and replays inject a simulated one."""
+
+    def now(self) -> datetime: ...
+
+    async def sleep_until(self, when: datetime) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return utcnow()
+
+    async def sleep_until(self, when: datetime) -> None:
+        delay = (ensure_utc(when) - utcnow()).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class AcceleratedClock:
+    """Simulated time that starts at `start` and runs `speed` times faster than the wall clock."""
+
+    def __init__(self, start: datetime, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self._start = ensure_utc(start)
+        self._speed = speed
+        self._t0 = time.monotonic()
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=(time.monotonic() - self._t0) * self._speed)
+
+    async def sleep_until(self, when: datetime) -> None:
+        delay = (ensure_utc(when) - self.now()).total_seconds() / self._speed
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ManualClock:
+    """A clock that moves only when told: for tests and the backtester."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = ensure_utc(start)
+        self._moved = asyncio.Event()
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        self._now = ensure_utc(when)
+        self._moved.set()
+
+    def advance(self, delta: timedelta) -> None:
+        self.set(self._now + delta)
+
+    async def sleep_until(self, when: datetime) -> None:
+        while self._now < ensure_utc(when):
+            self._moved.clear()
+            await self._moved.wait()
