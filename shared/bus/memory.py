@@ -1,0 +1,292 @@
+"""In-memory bus for the embedded mode: RabbitMQ's routing and delivery semantics inside one process.
+
+Messages travel encoded (JSON bytes with a type header), exactly as over RabbitMQ, so a body that fails to
+decode is dead-lettered here too. See shared/bus/base.py for the semantics both back ends keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from shared.bus.base import (
+    DEATH_REASON_HEADER,
+    DELIVERY_COUNT_HEADER,
+    ORIGINAL_QUEUE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER,
+    TYPE_HEADER,
+    Delivery,
+    Handler,
+    QueueSpec,
+)
+from shared.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTERS, DECISION_EVENTS, DECISION_SIGNALS, EXCHANGES, STRATEGY_BARS
+from shared.logging import get_logger
+from shared.messages import InvalidMessage, Message, decode
+from shared.metrics import consume_latency_seconds, dead_letters_total, publish_latency_seconds, unknown_fields_total
+
+log = get_logger(__name__)
+
+WORK_QUEUES = (STRATEGY_BARS, DECISION_SIGNALS, DECISION_EVENTS, DEAD_LETTER_QUEUE)
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """A message as it sits in a queue: the encoded body and its headers."""
+
+    body: bytes
+    headers: dict[str, str]
+    exchange: str
+    routing_key: str
+    delivery_count: int = 0  # deliveries that ended without an ack
+    not_before: float = 0.0  # monotonic time before which a requeued message is not redelivered
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: `*` is exactly one word, `#` zero or more words."""
+    return _match(pattern.split("."), key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _match(rest, words[1:])
+
+
+@dataclass(eq=False)
+class _Queue:
+    spec: QueueSpec
+    delivery_limit: int
+    ready: deque[RawMessage] = field(default_factory=deque)
+    consumers: list[_Consumer] = field(default_factory=list)
+    in_flight: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def poke(self) -> None:
+        self.changed.set()
+
+
+class _Consumer:
+    def __init__(self, bus: InMemoryBus, queue: _Queue, handler: Handler) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._handler = handler
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{queue.spec.name}")
+
+    def _eligible(self) -> bool:
+        q = self._queue
+        return not q.spec.single_active_consumer or (bool(q.consumers) and q.consumers[0] is self)
+
+    def _next(self) -> RawMessage | None:
+        """The first ready message whose redelivery delay has passed."""
+        now = time.monotonic()
+        ready = self._queue.ready
+        for i, raw in enumerate(ready):
+            if raw.not_before <= now:
+                del ready[i]
+                return raw
+        return None
+
+    async def _run(self) -> None:
+        q = self._queue
+        while not self._stopping:
+            raw = self._next() if self._eligible() else None
+            if raw is None:
+                q.changed.clear()
+                delays = [m.not_before - time.monotonic() for m in q.ready]
+                timeout = max(0.001, min(delays)) if delays and self._eligible() else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(q.changed.wait(), timeout)
+                continue
+            q.in_flight += 1
+            try:
+                await self._deliver(raw)
+            except asyncio.CancelledError:
+                # Stopped in the middle of a handler: the message was never acked, so it is redelivered.
+                self._bus._requeue(q, raw, reason="consumer stopped before ack")
+                raise
+            finally:
+                q.in_flight -= 1
+                q.poke()
+
+    async def _deliver(self, raw: RawMessage) -> None:
+        q = self._queue
+        started = time.perf_counter()
+        try:
+            message, unknown = decode(raw.headers.get(TYPE_HEADER, ""), raw.body)
+        except InvalidMessage as exc:
+            self._bus._dead_letter(q, raw, reason=f"invalid: {exc}")
+            return
+        if unknown:
+            unknown_fields_total.labels(type=type(message).type_name).inc(len(unknown))
+        delivery = Delivery(
+            message=message,
+            exchange=raw.exchange,
+            routing_key=raw.routing_key,
+            headers=dict(raw.headers),
+            redelivered=raw.delivery_count > 0,
+            delivery_count=raw.delivery_count + 1,
+            unknown_fields=tuple(unknown),
+        )
+        try:
+            await self._handler(message, delivery)
+        except InvalidMessage as exc:
+            self._bus._dead_letter(q, raw, reason=f"invalid: {exc}")
+        except Exception as exc:  # noqa: BLE001  any other failure is retried, bounded by the delivery limit
+            log.warning("handler failed", queue=q.spec.name, error=repr(exc), delivery=delivery.delivery_count)
+            self._bus._requeue(q, raw, reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            consume_latency_seconds.labels(queue=q.spec.name).observe(time.perf_counter() - started)
+
+    async def cancel(self) -> None:
+        """Stop taking messages; a handler in progress finishes first (graceful, like basic.cancel)."""
+        self._stopping = True
+        self._queue.poke()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._bus._detach(self._queue, self)
+
+    async def kill(self) -> None:
+        """Stop at once, as a crashed process would: an unacked message goes back to the queue."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._bus._detach(self._queue, self)
+
+
+class InMemoryBus:
+    """The Bus protocol in one process: exchanges, bindings, competing consumers, acks, redelivery, dead letters."""
+
+    def __init__(self, *, delivery_limit: int = 5, prefetch: int = 32, redelivery_delay_s: float = 0.01) -> None:
+        self.delivery_limit = delivery_limit
+        self.prefetch = prefetch  # handlers run one at a time per consumer; kept for interface parity
+        self.redelivery_delay_s = redelivery_delay_s
+        self._queues: dict[str, _Queue] = {}
+        self._bindings: dict[str, list[tuple[str, _Queue]]] = {name: [] for name in EXCHANGES}
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for spec in WORK_QUEUES:
+            await self.declare_queue(spec)
+
+    async def close(self) -> None:
+        for q in list(self._queues.values()):
+            for consumer in list(q.consumers):
+                await consumer.cancel()
+        self._started = False
+
+    async def healthy(self) -> bool:
+        return self._started
+
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        if spec.name in self._queues:
+            return
+        q = _Queue(spec=spec, delivery_limit=spec.delivery_limit or self.delivery_limit)
+        self._queues[spec.name] = q
+        for exchange, key in spec.bindings:
+            if exchange not in self._bindings:
+                raise ValueError(f"queue {spec.name} binds to unknown exchange {exchange!r}")
+            self._bindings[exchange].append((key, q))
+
+    def _routes(self, exchange: str, routing_key: str) -> list[_Queue]:
+        kind = EXCHANGES[exchange]
+        out: list[_Queue] = []
+        for key, q in self._bindings[exchange]:
+            hit = kind == "fanout" or (kind == "direct" and key == routing_key) or (kind == "topic" and topic_matches(key, routing_key))
+            if hit and q not in out:
+                out.append(q)
+        return out
+
+    async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
+        await self.publish_raw(message.encode(), exchange=exchange, routing_key=routing_key, headers={TYPE_HEADER: message.type_name, **(headers or {})})
+
+    async def publish_raw(self, body: bytes, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
+        """Publish already-encoded bytes (tests use it to send malformed messages)."""
+        if not self._started:
+            raise RuntimeError("bus not started")
+        if exchange not in EXCHANGES:
+            raise ValueError(f"unknown exchange {exchange!r}")
+        started = time.perf_counter()
+        for q in self._routes(exchange, routing_key):
+            q.ready.append(RawMessage(body=body, headers=dict(headers or {}), exchange=exchange, routing_key=routing_key))
+            q.poke()
+        publish_latency_seconds.labels(exchange=exchange).observe(time.perf_counter() - started)
+
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None) -> _Consumer:
+        await self.declare_queue(spec)
+        q = self._queues[spec.name]
+        if spec.exclusive and q.consumers:
+            raise RuntimeError(f"queue {spec.name} is exclusive and already has a consumer")
+        consumer = _Consumer(self, q, handler)
+        q.consumers.append(consumer)
+        return consumer
+
+    async def queue_depth(self, name: str) -> int:
+        q = self._queues.get(name)
+        return 0 if q is None else len(q.ready)
+
+    async def take_raw(self, name: str, limit: int = 1000) -> list[RawMessage]:
+        """Remove and return up to `limit` ready messages of a queue without handling them (dead letters, tests)."""
+        q = self._queues.get(name)
+        if q is None:
+            return []
+        out = []
+        while q.ready and len(out) < limit:
+            out.append(q.ready.popleft())
+        return out
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until no queue with a consumer has a ready or in-flight message (for tests and replays)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = [q.spec.name for q in self._queues.values() if q.consumers and (q.ready or q.in_flight)]
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bus still busy after {timeout}s: {busy}")
+            await asyncio.sleep(0.002)
+
+    # --- acknowledgement outcomes -------------------------------------------------------------------------
+
+    def _requeue(self, q: _Queue, raw: RawMessage, *, reason: str) -> None:
+        raw.delivery_count += 1
+        if raw.delivery_count >= q.delivery_limit:
+            self._dead_letter(q, raw, reason=f"delivery limit {q.delivery_limit} reached; last error: {reason}")
+            return
+        raw.not_before = time.monotonic() + self.redelivery_delay_s * 2 ** (raw.delivery_count - 1)
+        q.ready.append(raw)
+        q.poke()
+
+    def _dead_letter(self, q: _Queue, raw: RawMessage, *, reason: str) -> None:
+        log.warning("message dead-lettered", queue=q.spec.name, reason=reason, type=raw.headers.get(TYPE_HEADER))
+        dead_letters_total.labels(queue=q.spec.name, reason="invalid" if reason.startswith("invalid") else "delivery_limit").inc()
+        if q.spec.name == DEAD_LETTER_QUEUE.name:
+            return
+        headers = {
+            **raw.headers,
+            DEATH_REASON_HEADER: reason[:500],
+            ORIGINAL_QUEUE_HEADER: q.spec.name,
+            ORIGINAL_ROUTING_KEY_HEADER: raw.routing_key,
+            DELIVERY_COUNT_HEADER: str(raw.delivery_count + (0 if reason.startswith("delivery limit") else 1)),
+        }
+        for target in self._routes(DEAD_LETTERS, ""):
+            target.ready.append(RawMessage(body=raw.body, headers=headers, exchange=DEAD_LETTERS, routing_key=raw.routing_key))
+            target.poke()
+
+    def _detach(self, q: _Queue, consumer: _Consumer) -> None:
+        if consumer in q.consumers:
+            q.consumers.remove(consumer)
+        if q.spec.exclusive and not q.consumers:
+            self._queues.pop(q.spec.name, None)
+            for bindings in self._bindings.values():
+                bindings[:] = [(k, bq) for k, bq in bindings if bq is not q]
+        q.poke()
