@@ -6,7 +6,11 @@ Semantics every back end keeps (architecture.md, "Bus topology" and "Redelivery"
 - a handler that raises anything else is nacked with requeue and delivered again (`redelivered=True`,
   `delivery_count` + 1) until the queue's delivery limit, then dead-lettered with the last error as reason;
 - unacked messages of a consumer that stops are requeued;
-- a single-active-consumer queue delivers to one consumer at a time and fails over when it stops.
+- a single-active-consumer queue delivers to one consumer at a time and fails over when it stops;
+- a consumer runs its handler on one message at a time (prefetch only bounds what is buffered), so a service
+  that must not race itself (decision) just uses one consumer;
+- a publish to a work exchange that routes to no queue raises `Unroutable` (RabbitMQ: mandatory + returned);
+  on `OPTIONAL_ROUTE_EXCHANGES` it is dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 class TransientError(Exception):
     """A failure that may pass (database or broker unreachable): the message is requeued and counted."""
+
+
+class Unroutable(TransientError):
+    """A publish that no queue is bound to receive: on work exchanges that would lose the message, so it fails."""
+
+
+# Exchanges where a message nobody listens to is simply not needed (no work is lost by dropping it).
+OPTIONAL_ROUTE_EXCHANGES = frozenset({"control.plan", "dead.letters", "market.bars"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,4 +100,5 @@ __all__ = [
     "InvalidMessage",
     "QueueSpec",
     "TransientError",
+    "Unroutable",
 ]

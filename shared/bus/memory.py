@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from shared.bus.base import (
     DEATH_REASON_HEADER,
     DELIVERY_COUNT_HEADER,
+    OPTIONAL_ROUTE_EXCHANGES,
     ORIGINAL_QUEUE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     TYPE_HEADER,
     Delivery,
     Handler,
     QueueSpec,
+    Unroutable,
 )
 from shared.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTERS, DECISION_EVENTS, DECISION_SIGNALS, EXCHANGES, STRATEGY_BARS
 from shared.logging import get_logger
@@ -216,7 +218,10 @@ class InMemoryBus:
         if exchange not in EXCHANGES:
             raise ValueError(f"unknown exchange {exchange!r}")
         started = time.perf_counter()
-        for q in self._routes(exchange, routing_key):
+        targets = self._routes(exchange, routing_key)
+        if not targets and exchange not in OPTIONAL_ROUTE_EXCHANGES:
+            raise Unroutable(f"no queue is bound to {exchange} with key {routing_key!r}")
+        for q in targets:
             q.ready.append(RawMessage(body=body, headers=dict(headers or {}), exchange=exchange, routing_key=routing_key))
             q.poke()
         publish_latency_seconds.labels(exchange=exchange).observe(time.perf_counter() - started)

@@ -233,3 +233,13 @@ async def _collect(bus, queue_name: str, n: int):
     bucket = _collected.setdefault(queue_name, [])
     bucket.extend(await dead_letters_for(bus, queue_name))
     return bucket if len(bucket) >= n else None
+
+
+async def test_unroutable_publish_to_a_work_exchange_fails_but_optional_exchanges_drop(bus):
+    import pytest
+
+    from shared.bus import Unroutable
+
+    with pytest.raises(Unroutable):
+        await bus.publish(snapshot(), exchange=EXECUTION_ORDERS, routing_key=f"nobody-{uuid.uuid4().hex}")
+    await bus.publish(snapshot(), exchange=MARKET_BARS, routing_key=f"bars.1m.nobody{uuid.uuid4().hex[:6]}")
