@@ -1,0 +1,130 @@
+"""The `scalper` command line: run the embedded stack, set up bots and users, migrate the database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from shared.settings import Settings
+
+app = typer.Typer(help="Scalper signal engine: M1 price-action signals for MetaTrader 5.", no_args_is_help=True, add_completion=False)
+bot_app = typer.Typer(help="Manage scalper bots.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users and API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(bot_app, name="bot")
+app.add_typer(user_app, name="user")
+app.add_typer(db_app, name="db")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    feed: Annotated[str | None, typer.Option(help="synthetic | replay:PATH | mt5 (default: SCALPER_FEED)")] = None,
+    speed: Annotated[float | None, typer.Option(help="clock speed of the synthetic or replay feed (default: SCALPER_SPEED)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: SCALPER_PORT, 8000)")] = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    symbol: Annotated[str | None, typer.Option(help="symbol of a replay file, when its name does not say")] = None,
+    utc_offset: Annotated[float | None, typer.Option(help="hours the replay file's times are ahead of UTC")] = None,
+) -> None:
+    """Run the whole stack in one process: in-memory bus, SQLite under var/, paper broker."""
+    import uvicorn
+
+    from scalper.embedded import EmbeddedStack, FeedError, create_app, make_feed
+    from shared.logging import configure_logging
+
+    overrides = {k: v for k, v in {"feed": feed, "speed": speed, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        stack = EmbeddedStack(settings, feed=make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset))
+    except (FeedError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"Scalper embedded stack on http://{host}:{settings.port}  (feed {settings.feed}, speed x{settings.speed:g}); Ctrl-C stops it.")
+    uvicorn.run(create_app(stack), host=host, port=settings.port, log_config=None, log_level=settings.log_level.lower())
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the migrations on SCALPER_DATABASE_URL."""
+    from shared.db.engine import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url)
+    typer.echo("database at head")
+
+
+async def _in_transaction(work):
+    from shared.db.engine import create_engine, session_factory, transaction, upgrade
+
+    settings = Settings()
+    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        async with transaction(session_factory(engine)) as session:
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
+@user_app.command("create")
+def user_create(
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="may log in to the admin pages")] = False,
+) -> None:
+    """Create a user and print its API key once (it is stored hashed and cannot be shown again)."""
+    from services.decision.users import UserExists, create_user
+
+    async def work(session):
+        return await create_user(session=session, name=name, is_admin=admin)
+
+    try:
+        user, key = asyncio.run(_in_transaction(work))
+    except UserExists as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"id": user.id, "name": user.name, "is_admin": user.is_admin}))
+    typer.echo(f"API key (shown once, keep it safe): {key}")
+
+
+@bot_app.command("setup")
+def bot_setup(
+    symbol: Annotated[str, typer.Option(help="the symbol as the broker names it, e.g. XAUUSDm")],
+    user_id: Annotated[int, typer.Option(help="owner")] = 1,
+    account_id: Annotated[int, typer.Option(help="broker account")] = 1,
+    auto_trade: Annotated[bool, typer.Option("--auto-trade/--no-auto-trade", help="let the bot place orders")] = False,
+    strategies: Annotated[str | None, typer.Option(help="comma-separated; default: every scalper strategy")] = None,
+    engine_mode: Annotated[str, typer.Option(help="scalper | harami")] = "scalper",
+) -> None:
+    """Create or update a scalper bot (upsert on user, account, symbol, engine) and print it as JSON."""
+    from services.decision.bots import BotSetupError, setup_bot
+    from shared.db.models import BrokerAccount, User
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+
+    async def work(session):
+        if (await session.get(User, user_id)) is None:
+            raise BotSetupError(f"user {user_id} does not exist: create one with `scalper user create NAME` (or start `scalper run` once for the demo user)")
+        account = (await session.execute(select(BrokerAccount).where(BrokerAccount.id == account_id))).scalar_one_or_none()
+        if account is None or account.user_id != user_id:
+            raise BotSetupError(f"account {account_id} does not exist for user {user_id}")
+        bot = await setup_bot(
+            session=session, user_id=user_id, account_id=account_id, symbol=symbol, auto_trade=auto_trade, strategies=names, engine_mode=engine_mode
+        )
+        return bot.model_dump(mode="json")
+
+    try:
+        bot = asyncio.run(_in_transaction(work))
+    except BotSetupError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(bot, indent=2, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

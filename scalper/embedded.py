@@ -1,0 +1,197 @@
+"""The embedded stack: every service in one process on the in-memory bus, SQLite and the paper broker.
+
+This is a composition root (it may import several services); the services themselves never import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from fastapi import FastAPI
+from sqlalchemy import func, select, text
+
+from services.decision.bots import ensure_demo, setup_bot
+from services.decision.service import DecisionService
+from services.executor.app import create_router as executor_router
+from services.executor.brokers.paper import PaperBroker
+from services.executor.service import ExecutorService
+from services.market_data.app import create_router as market_data_router
+from services.market_data.feeds.replay import ReplayFeed
+from services.market_data.feeds.synthetic import SyntheticFeed
+from services.market_data.service import MarketDataService
+from services.strategy.app import create_router as strategy_router
+from services.strategy.service import StrategyWorker
+from shared.bus import Bus, create_bus
+from shared.db.engine import create_engine, session_factory, transaction, upgrade
+from shared.db.models import Bot, BrokerAccount, SignalRow, User
+from shared.http import add_ops_routes
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.symbols import canonical_symbol
+from shared.timeutil import AcceleratedClock, Clock, floor_minute
+
+log = get_logger(__name__)
+
+
+class FeedError(ValueError):
+    """A --feed value that cannot be served."""
+
+
+def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None = None):
+    """`synthetic`, or `replay:PATH` (the symbol from `symbol` or the file name, e.g. XAUUSD_M1.csv -> XAUUSD)."""
+    if feed == "synthetic":
+        return SyntheticFeed()
+    if feed.startswith("replay:"):
+        path = Path(feed.removeprefix("replay:")).expanduser()
+        if not path.is_file():
+            raise FeedError(f"replay file {path} does not exist")
+        name = symbol or symbol_from_filename(path)
+        if not name:
+            raise FeedError(f"cannot tell the symbol from the file name {path.name!r}: pass --symbol")
+        return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset)
+    if feed == "mt5":
+        raise FeedError("the mt5 feed needs the executor's MT5 session, which the embedded stack does not run yet; use synthetic or replay:PATH")
+    raise FeedError(f"unknown feed {feed!r}: use synthetic, replay:PATH or mt5")
+
+
+def symbol_from_filename(path: Path) -> str | None:
+    match = re.match(r"([A-Za-z]{6,7}[A-Za-z0-9.!#-]*?)(?:[_\-. ]|$)", path.stem)
+    return match.group(1).upper() if match else None
+
+
+@dataclass
+class Startup:
+    demo_api_key: str | None
+
+
+class EmbeddedStack:
+    """Builds, starts and stops the four services around one bus, one database and one clock."""
+
+    def __init__(self, settings: Settings, *, feed=None, clock: Clock | None = None, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.feed = feed if feed is not None else make_feed(settings.feed)
+        self.bus = bus or create_bus(settings.bus_url, delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
+        self.engine = create_engine(settings.database_url)
+        self.sessions = session_factory(self.engine)
+        self._clock = clock
+        self.market_data: MarketDataService | None = None
+        self.strategy: StrategyWorker | None = None
+        self.decision: DecisionService | None = None
+        self.executor: ExecutorService | None = None
+
+    @property
+    def clock(self) -> Clock:
+        assert self._clock is not None, "the clock is made at start()"
+        return self._clock
+
+    async def start(self) -> Startup:
+        await asyncio.to_thread(upgrade, self.settings.database_url)
+        async with transaction(self.sessions) as session:
+            key = await ensure_demo(session=session)
+            await self._ensure_bot_for_feed(session)
+        if self._clock is None:
+            self._clock = AcceleratedClock(await self._clock_start(), speed=self.settings.speed)
+        await self.bus.start()
+        account_ids = await self._active_paper_accounts()
+        broker = PaperBroker(clock=self.clock, balance=self.settings.paper_balance, commission_per_lot=self.settings.paper_commission_per_lot)
+        self.executor = ExecutorService(
+            bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=broker, account_ids=account_ids
+        )
+        self.decision = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings)
+        self.strategy = StrategyWorker(bus=self.bus, settings=self.settings)
+        self.market_data = MarketDataService(bus=self.bus, feed=self.feed, clock=self.clock, settings=self.settings)
+        # Downstream first, so nothing is published to a queue before its consumer exists.
+        for service in (self.executor, self.decision, self.strategy, self.market_data):
+            await service.start()
+        await self.decision.refresh_plan()
+        return Startup(demo_api_key=key)
+
+    async def stop(self) -> None:
+        for service in (self.market_data, self.strategy, self.decision, self.executor):
+            if service is not None:
+                await service.stop()
+        await self.bus.close()
+        await self.engine.dispose()
+
+    async def readiness(self) -> tuple[bool, dict]:
+        details: dict = {"bus": await self.bus.healthy()}
+        try:
+            async with self.sessions() as session:
+                await session.execute(text("SELECT 1"))
+            details["database"] = True
+        except Exception as exc:  # noqa: BLE001  readiness reports, it does not raise
+            details["database"] = False
+            details["database_error"] = str(exc)
+        ready = details["bus"] and details["database"]
+        for name in ("market_data", "decision", "executor"):
+            service = getattr(self, name)
+            if service is not None:
+                ok, info = await _maybe_await(service.readiness())
+                details[name] = info
+                ready = ready and ok
+        return ready, details
+
+    async def _active_paper_accounts(self) -> list[int]:
+        async with self.sessions() as session:
+            rows = await session.execute(select(BrokerAccount.id).where(BrokerAccount.is_active, BrokerAccount.broker == "paper"))
+            return [r[0] for r in rows]
+
+    async def _ensure_bot_for_feed(self, session) -> None:
+        """A replay of another symbol gets a demo bot of its own, so `make run --feed replay:EURUSD...` trades too."""
+        served = set(self.feed.symbols())
+        bots = (await session.execute(select(Bot, BrokerAccount).join(BrokerAccount, Bot.account_id == BrokerAccount.id))).all()
+        if any(canonical_symbol(bot.symbol, account.symbol_suffix) in served for bot, account in bots):
+            return
+        demo = (await session.execute(select(User).where(User.name == "demo"))).scalar_one_or_none()
+        account = (await session.execute(select(BrokerAccount).where(BrokerAccount.user_id == demo.id))).scalars().first()
+        for symbol in sorted(served):
+            await setup_bot(session=session, user_id=demo.id, account_id=account.id, symbol=f"{symbol}{account.symbol_suffix}", auto_trade=True, strategies=None)
+
+    async def _clock_start(self) -> datetime:
+        """Start where the feed has a full window of history, but after any bar already traded in this database,
+        so that a second `make run` trades new bars instead of re-deciding old ones."""
+        start = self.feed.start_time()
+        async with self.sessions() as session:
+            last = (await session.execute(select(func.max(SignalRow.bar_time)))).scalar_one_or_none()
+        if last is not None and last + timedelta(minutes=2) > start:
+            later = floor_minute(last) + timedelta(minutes=2)
+            if getattr(self.feed, "ends_at", None) is None or later < self.feed.ends_at():
+                start = later
+        return start
+
+
+async def _maybe_await(value):
+    if asyncio.iscoroutine(value):
+        return await value
+    return value
+
+
+def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
+    """The embedded HTTP app: the stack starts and stops with the app; every router is mounted once it has started."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        startup = await stack.start()
+        app.include_router(market_data_router(stack.market_data), prefix="/api/v1")
+        app.include_router(strategy_router(), prefix="/api/v1")
+        app.include_router(executor_router(stack.executor), prefix="/internal/executor")
+        app.openapi_schema = None
+        if startup.demo_api_key:
+            # Printed to the terminal once, never through the logger.
+            announce(f"\nDemo user created. Its API key (shown once): {startup.demo_api_key}\n")
+        yield
+        await stack.stop()
+
+    app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan)
+    add_ops_routes(app, stack.readiness)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> dict:
+        return {"service": "scalper (embedded)", "docs": "/docs", "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
+
+    return app

@@ -1,0 +1,55 @@
+"""Audit rows: who changed what, written in the same transaction as the change they describe."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import AuditLog
+from shared.timeutil import utcnow
+
+
+def jsonable(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A copy fit for a JSON column: datetimes as ISO strings, other non-JSON values as text."""
+    if values is None:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, (list, tuple)):
+            value = [v if isinstance(v, (str, int, float, bool, dict, type(None))) else str(v) for v in value]
+        elif not isinstance(value, (str, int, float, bool, dict, type(None))):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def record(
+    *,
+    session: AsyncSession,
+    kind: str,
+    message: str,
+    actor: str = "decision",
+    entity_id: str | int | None = None,
+    user_id: int | None = None,
+    bot_id: int | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> AuditLog:
+    row = AuditLog(
+        at=at or utcnow(),
+        actor=actor,
+        user_id=user_id,
+        bot_id=bot_id,
+        kind=kind,
+        entity_id=None if entity_id is None else str(entity_id),
+        message=message[:500],
+        before=jsonable(before),
+        after=jsonable(after),
+    )
+    session.add(row)
+    return row

@@ -1,0 +1,234 @@
+"""The decision service's shell: bus consumers (thin), the scan-plan loop and readiness; the logic is in the modules beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.decision import events, plan
+from services.decision.decisions import handle_signal
+from services.decision.plan import LookbackFor
+from services.decision.scanline import scan_lines
+from shared.bus import topology
+from shared.bus.base import Bus, Consumer, Delivery, TransientError
+from shared.db.engine import transaction
+from shared.logging import get_logger
+from shared.messages import (
+    AccountSnapshot,
+    ExecutionReport,
+    InvalidMessage,
+    Message,
+    PositionEvent,
+    ScanPlan,
+    ScanReport,
+    Signal,
+    StrategyConfig,
+)
+from shared.metrics import decision_ignored_total, signals_ingested_total
+from shared.settings import Settings
+from shared.symbols import canonical_symbol
+from shared.timeutil import Clock
+
+log = get_logger("services.decision")
+
+# How many (window, bot) scan lines to remember, so a redelivered ScanReport does not log its lines twice.
+LOGGED_LINES_KEPT = 10_000
+
+
+def _catalog_lookback(settings: Settings):
+    try:
+        from shared.strategies import catalog
+    except ModuleNotFoundError as exc:
+        if exc.name != "shared.strategies.catalog":
+            raise
+        log.warning("strategy catalog absent: the scan plan asks for the minimum lookback")
+        return lambda configs: settings.lookback_bars
+    return catalog.lookback_for
+
+
+class DecisionService:
+    """Consumes Signals, ScanReports and the executor's events; publishes OrderIntents and the ScanPlan."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        settings: Settings,
+        lookback_for: LookbackFor | None = None,
+    ) -> None:
+        self._bus = bus
+        self._sessions = sessions
+        self._clock = clock
+        self._settings = settings
+        self._lookback_for = lookback_for
+        self._consumers: list[Consumer] = []
+        self._plan_task: asyncio.Task | None = None
+        self._plan_lock = asyncio.Lock()
+        self._account_locks: dict[int, asyncio.Lock] = {}
+        self._logged: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.snapshots: dict[int, AccountSnapshot] = {}
+        self.last_plan: ScanPlan | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._lookback_for is None:
+            self._lookback_for = _catalog_lookback(self._settings)
+        await self._bus.start()
+        prefetch = self._settings.prefetch
+        self._consumers.append(await self._bus.consume(topology.DECISION_SIGNALS, self.on_signals_queue, prefetch=prefetch))
+        self._consumers.append(await self._bus.consume(topology.DECISION_EVENTS, self.on_events_queue, prefetch=prefetch))
+        self._plan_task = asyncio.create_task(self._plan_loop(), name="decision:plan")
+
+    async def stop(self) -> None:
+        if self._plan_task is not None:
+            self._plan_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._plan_task
+            self._plan_task = None
+        for consumer in self._consumers:
+            await consumer.cancel()
+        self._consumers.clear()
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        details: dict[str, Any] = {}
+        try:
+            async with self._sessions() as session:
+                await session.execute(text("SELECT 1"))
+            details["database"] = True
+        except Exception as exc:  # noqa: BLE001  readiness reports, it does not raise
+            details["database"] = False
+            details["database_error"] = str(exc)
+        details["plan_symbols"] = None if self.last_plan is None else len(self.last_plan.symbols)
+        return details["database"], details
+
+    def latest_snapshot(self, account_id: int) -> AccountSnapshot | None:
+        return self.snapshots.get(account_id)
+
+    # --- scan plan ----------------------------------------------------------------------------------------
+
+    def _lookback(self, configs: Sequence[StrategyConfig]) -> int:
+        lookback_for = self._lookback_for or _catalog_lookback(self._settings)
+        return lookback_for(configs)
+
+    async def refresh_plan(self) -> ScanPlan:
+        """Rebuild the ScanPlan from the tables and publish it now (call after a bot changes)."""
+        async with self._plan_lock:
+            async with self._sessions() as session:
+                scan_plan = await plan.build_plan(session=session, lookback_for=self._lookback, min_lookback=self._settings.lookback_bars)
+            await self._bus.publish(scan_plan, exchange=topology.CONTROL_PLAN, routing_key="")
+            if self.last_plan is None or self.last_plan.symbols != scan_plan.symbols:
+                log.info(
+                    "scan plan changed",
+                    symbols={s.symbol: [sub.bot_id for sub in s.subscriptions] for s in scan_plan.symbols},
+                )
+            self.last_plan = scan_plan
+            return scan_plan
+
+    async def _plan_loop(self) -> None:
+        interval = timedelta(seconds=self._settings.scan_interval_s)
+        while True:
+            try:
+                await self.refresh_plan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  a failed refresh is retried next interval; the last plan stands
+                log.warning("scan plan refresh failed", error=repr(exc))
+            await self._clock.sleep_until(self._clock.now() + interval)
+
+    # --- consumers ----------------------------------------------------------------------------------------
+
+    async def on_signals_queue(self, message: Message, delivery: Delivery) -> None:
+        if isinstance(message, Signal):
+            await self.handle_signal(message, delivery)
+        elif isinstance(message, ScanReport):
+            await self.handle_scan_report(message, delivery)
+        else:
+            raise InvalidMessage(f"{type(message).__name__} does not belong on {topology.DECISION_SIGNALS.name}")
+
+    async def on_events_queue(self, message: Message, delivery: Delivery) -> None:
+        if isinstance(message, ExecutionReport):
+            await self.handle_execution_report(message, delivery)
+        elif isinstance(message, PositionEvent):
+            await self.handle_position_event(message, delivery)
+        elif isinstance(message, AccountSnapshot):
+            await self.handle_account_snapshot(message, delivery)
+        else:
+            raise InvalidMessage(f"{type(message).__name__} does not belong on {topology.DECISION_EVENTS.name}")
+
+    def _account_lock(self, account_id: int) -> asyncio.Lock:
+        return self._account_locks.setdefault(account_id, asyncio.Lock())
+
+    async def handle_signal(self, signal: Signal, delivery: Delivery | None = None) -> None:
+        key = str(signal.signal_id)
+        # One decision at a time per account, so two signals of one window cannot both pass a limit of 1: this lock
+        # in the process, the account row's lock (PostgreSQL) or the database's write lock (SQLite) across processes.
+        async with self._account_lock(signal.account_id), transaction(self._sessions) as session:
+            outcome = await handle_signal(session=session, signal=signal, now=self._clock.now(), order_ttl_s=self._settings.order_ttl_s)
+        if not outcome.bot_found:
+            log.info("signal for an unknown bot ignored", signal_id=key, bot_id=signal.bot_id, strategy=signal.strategy)
+            return
+        if outcome.signal_new:
+            signals_ingested_total.labels(strategy=signal.strategy, symbol=canonical_symbol(signal.symbol)).inc()
+        decision = outcome.decision
+        if outcome.decision_new:
+            log.info(
+                "decision",
+                decision_id=decision.id,
+                bot_id=decision.bot_id,
+                signal_id=key,
+                strategy=signal.strategy,
+                decision_action=decision.action,
+                reason=decision.reason,
+                client_order_id=decision.client_order_id,
+            )
+            if decision.action == "ignore":
+                decision_ignored_total.labels(reason=decision.reason).inc()
+        if outcome.intent is not None:
+            # After the commit: a crash before this line leaves the message unacked, and its redelivery re-publishes.
+            await self._bus.publish(outcome.intent, exchange=topology.EXECUTION_ORDERS, routing_key=str(outcome.intent.account_id))
+
+    async def handle_scan_report(self, report: ScanReport, delivery: Delivery | None = None) -> None:
+        async with self._sessions() as session:
+            lines = await scan_lines(session=session, report=report)
+        undecided = [s for line in lines for s in line.undecided]
+        if undecided:
+            attempts = 1 if delivery is None else delivery.delivery_count
+            if attempts < self._settings.delivery_limit:
+                raise TransientError(f"scan report {report.window_id}: {len(undecided)} of its signals have no decision yet")
+            log.warning("scan line logged with signals still undecided", window_id=str(report.window_id), undecided=undecided)
+        for line in lines:
+            key = (str(report.window_id), line.bot)
+            if key in self._logged:
+                continue
+            log.info(line.text(), **line.fields())
+            self._logged[key] = None
+            while len(self._logged) > LOGGED_LINES_KEPT:
+                self._logged.popitem(last=False)
+
+    async def handle_execution_report(self, report: ExecutionReport, delivery: Delivery | None = None) -> None:
+        async with transaction(self._sessions) as session:
+            decision = await events.apply_execution_report(session=session, report=report, now=self._clock.now())
+        if decision is None:
+            log.warning("execution report for no decision of ours", client_order_id=report.client_order_id, account_id=report.account_id)
+
+    async def handle_position_event(self, event: PositionEvent, delivery: Delivery | None = None) -> None:
+        async with transaction(self._sessions) as session:
+            decision = await events.apply_position_event(session=session, event=event, now=self._clock.now())
+        if decision is None:
+            log.info("position event for no decision of ours", ticket=event.ticket, account_id=event.account_id, kind=event.kind)
+
+    async def handle_account_snapshot(self, snapshot: AccountSnapshot, delivery: Delivery | None = None) -> None:
+        """Keep the newest snapshot per account (the margin check and the kill switch will read it)."""
+        current = self.snapshots.get(snapshot.account_id)
+        if current is None or snapshot.taken_at >= current.taken_at:
+            self.snapshots[snapshot.account_id] = snapshot

@@ -1,0 +1,123 @@
+"""The executor's tables (orders, positions, account_snapshots): queries and the messages built from their rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import AccountSnapshotRow, Order, Position
+from shared.messages import ExecutionReport, PositionEvent
+
+EVENT_NAMESPACE = uuid.UUID("0f7d6c2a-8e51-4d0b-b1f3-6a7c9e2d4b18")
+FINAL_ORDER_STATUSES = frozenset({"filled", "rejected", "failed", "expired"})
+UNSETTLED_ORDER_STATUSES = ("received", "sending")
+
+
+async def get_order(*, session: AsyncSession, client_order_id: str) -> Order | None:
+    return (await session.execute(select(Order).where(Order.client_order_id == client_order_id))).scalar_one_or_none()
+
+
+async def get_order_by_decision(*, session: AsyncSession, decision_id: int) -> Order | None:
+    return (await session.execute(select(Order).where(Order.decision_id == decision_id))).scalar_one_or_none()
+
+
+async def unsettled_orders(
+    *, session: AsyncSession, account_ids: Iterable[int], touched_before: datetime | None = None
+) -> list[Order]:
+    """Orders recorded but not known to be settled with the broker (left in `sending` by a crash or a lost answer),
+    optionally only those not updated since `touched_before`."""
+    stmt = select(Order).where(Order.account_id.in_(list(account_ids)), Order.status.in_(UNSETTLED_ORDER_STATUSES))
+    if touched_before is not None:
+        stmt = stmt.where(Order.updated_at <= touched_before)
+    return list((await session.execute(stmt.order_by(Order.id))).scalars())
+
+
+async def get_position(*, session: AsyncSession, account_ids: Iterable[int], ticket: int) -> Position | None:
+    stmt = select(Position).where(Position.account_id.in_(list(account_ids)), Position.ticket == ticket)
+    return (await session.execute(stmt)).scalars().first()
+
+
+async def open_positions(
+    *, session: AsyncSession, account_ids: Iterable[int], bot_id: int | None = None, symbol: str | None = None
+) -> list[Position]:
+    stmt = select(Position).where(Position.account_id.in_(list(account_ids)), Position.status == "open")
+    if bot_id is not None:
+        stmt = stmt.where(Position.bot_id == bot_id)
+    if symbol is not None:
+        stmt = stmt.where(Position.symbol == symbol)
+    return list((await session.execute(stmt.order_by(Position.opened_at, Position.ticket))).scalars())
+
+
+async def realised_pnl(*, session: AsyncSession, account_ids: Iterable[int]) -> float:
+    stmt = select(func.coalesce(func.sum(Position.pnl), 0.0)).where(
+        Position.account_id.in_(list(account_ids)), Position.pnl.is_not(None)
+    )
+    return float((await session.execute(stmt)).scalar_one())
+
+
+async def magic_by_client_order_id(*, session: AsyncSession, client_order_ids: Iterable[str]) -> dict[str, int]:
+    ids = [c for c in client_order_ids if c]
+    if not ids:
+        return {}
+    rows = await session.execute(select(Order.client_order_id, Order.magic).where(Order.client_order_id.in_(ids)))
+    return {cid: magic for cid, magic in rows}
+
+
+async def latest_snapshots(*, session: AsyncSession, account_ids: Iterable[int]) -> list[AccountSnapshotRow]:
+    """The newest snapshot of each account."""
+    out = []
+    for account_id in account_ids:
+        stmt = (
+            select(AccountSnapshotRow)
+            .where(AccountSnapshotRow.account_id == account_id)
+            .order_by(AccountSnapshotRow.taken_at.desc(), AccountSnapshotRow.id.desc())
+            .limit(1)
+        )
+        row = (await session.execute(stmt)).scalar_one_or_none()
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def execution_report(order: Order) -> ExecutionReport:
+    """The order's report; built from the row alone, so a re-published report is the same message (same id)."""
+    return ExecutionReport(
+        message_id=uuid.uuid5(EVENT_NAMESPACE, f"report|{order.account_id}|{order.client_order_id}|{order.status}"),
+        client_order_id=order.client_order_id,
+        account_id=order.account_id,
+        bot_id=order.bot_id,
+        status=order.status,
+        ticket=order.ticket,
+        price=order.price,
+        volume=order.filled_volume,
+        retcode=order.retcode,
+        reason=order.reason,
+        filled_at=order.updated_at if order.status == "filled" else None,
+    )
+
+
+def position_event(position: Position, *, kind: str, at: datetime) -> PositionEvent:
+    """A PositionEvent from the row; its id is derived from what happened, so re-publishing repeats the same message."""
+    key = f"position|{position.account_id}|{position.ticket}|{kind}|{at.isoformat()}|{position.sl}|{position.volume}"
+    return PositionEvent(
+        message_id=uuid.uuid5(EVENT_NAMESPACE, key),
+        ticket=position.ticket,
+        account_id=position.account_id,
+        bot_id=position.bot_id,
+        client_order_id=position.client_order_id,
+        symbol=position.symbol,
+        side=position.side,
+        volume=position.volume,
+        kind=kind,
+        open_price=position.open_price,
+        sl=position.sl,
+        tp=position.tp,
+        close_price=position.close_price if kind == "closed" else None,
+        pnl=position.pnl if kind == "closed" else None,
+        close_reason=position.close_reason if kind == "closed" else None,
+        at=at,
+    )

@@ -1,0 +1,191 @@
+"""The strategy worker: take a BarWindow, evaluate each distinct (strategy, params) once, fan matches out to one
+Signal per subscribed bot, then report the scan (architecture.md, "Messages" and "Bus topology")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.bars import Bars
+from shared.bus import topology
+from shared.bus.base import Bus, Consumer, Delivery
+from shared.logging import get_logger
+from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, Signal, signal_id_for
+from shared.settings import Settings
+from shared.strategies.base import EvalContext, Match
+from shared.strategies.catalog import CATALOG, Catalog, InvalidParams
+from shared.symbols import UnknownSymbol, get_spec
+from shared.timeutil import Clock, SystemClock, from_epoch
+
+log = get_logger(__name__)
+
+Key = tuple[str, BaseModel]  # (strategy name, validated params): what is evaluated once per window
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One strategy config of one bot, resolved against the catalog."""
+
+    name: str
+    key: Key | None
+    error: str | None = None
+
+
+def _window_bars(window: BarWindow) -> Bars:
+    columns = window.bars
+    n = len(columns.time)
+    if n == 0:
+        raise InvalidMessage(f"BarWindow {window.message_id} for {window.symbol} has no bars")
+    if any(len(getattr(columns, f)) != n for f in ("open", "high", "low", "close", "tick_volume", "spread")):
+        raise InvalidMessage(f"BarWindow {window.message_id} for {window.symbol} has columns of different lengths")
+    return columns.to_bars()
+
+
+def _resolve(window: BarWindow, catalog: Catalog) -> list[list[_Entry]]:
+    """Each subscription's configs as catalog keys. Parameters the catalog refuses make the whole window invalid."""
+    plan = []
+    for sub in window.subscriptions:
+        entries, seen = [], set()
+        for config in sub.strategies:
+            if config.name in seen:
+                entries.append(_Entry(config.name, None, f"{config.name}: listed twice; the first entry is used"))
+                continue
+            seen.add(config.name)
+            if config.name not in catalog:
+                # A newer catalog upstream (a rolling deploy): report it for this bot, keep scanning the others.
+                entries.append(_Entry(config.name, None, f"{config.name}: unknown strategy"))
+                continue
+            try:
+                params = catalog.parse_params(config.name, config.params)
+            except InvalidParams as exc:
+                raise InvalidMessage(f"bot {sub.bot_id} on {sub.symbol}: {exc}") from None
+            entries.append(_Entry(config.name, (config.name, params)))
+        plan.append(entries)
+    return plan
+
+
+def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[list[Signal], ScanReport]:
+    """Evaluate the window's strategies and build its Signals and ScanReport; pure apart from metrics and logs.
+
+    Raises InvalidMessage for a window that can never be handled (no bars, unknown symbol, refused parameters).
+    """
+    bar_time = None
+    if window.bars.time:
+        bar_time = from_epoch(window.bars.time[-1])
+    if not window.subscriptions:
+        return [], ScanReport(window_id=window.message_id, symbol=window.symbol, timeframe=window.timeframe,
+                              bar_time=bar_time or window.closed_through, bots=(), produced_at=now)
+    bars = _window_bars(window)
+    try:
+        spec = get_spec(window.symbol)
+    except UnknownSymbol as exc:
+        raise InvalidMessage(str(exc)) from None
+    plan = _resolve(window, catalog)
+    ctx = EvalContext(spec=spec, levels=window.levels)
+
+    results: dict[Key, Match | Exception | None] = {}
+    for entries in plan:
+        for entry in entries:
+            if entry.key is None or entry.key in results:
+                continue
+            name, params = entry.key
+            try:
+                match = catalog.get(name).evaluate(bars, ctx, params)
+                if match is not None and not isinstance(match, Match):
+                    raise TypeError(f"evaluate returned {type(match).__name__}, not Match or None")
+            except Exception as exc:  # one bad strategy must not stop the others (conventions.md, "Strategies")
+                metrics.strategy_errors_total.labels(strategy=name).inc()
+                log.exception("strategy_failed", strategy=name, symbol=window.symbol, bar_time=bar_time.isoformat(),
+                              window_id=str(window.message_id))
+                match = exc
+            results[entry.key] = match
+
+    signals: list[Signal] = []
+    bots: list[BotScan] = []
+    for sub, entries in zip(window.subscriptions, plan, strict=True):
+        evaluated, signal_ids, errors = [], [], []
+        for entry in entries:
+            if entry.key is None:
+                errors.append(entry.error)
+                continue
+            evaluated.append(entry.name)
+            result = results[entry.key]
+            if result is None:
+                continue
+            if isinstance(result, Exception):
+                errors.append(f"{entry.name}: {type(result).__name__}: {result}")
+                continue
+            timeframe = catalog.get(entry.name).timeframe
+            signal_id = signal_id_for(
+                bot_id=sub.bot_id, symbol=sub.symbol, strategy=entry.name, timeframe=timeframe, bar_time=bar_time
+            )
+            try:
+                signal = Signal(
+                    signal_id=signal_id,
+                    window_id=window.message_id,
+                    bot_id=sub.bot_id,
+                    account_id=sub.account_id,
+                    symbol=sub.symbol,
+                    timeframe=timeframe,
+                    strategy=entry.name,
+                    side=result.side,
+                    bar_time=bar_time,
+                    entry=result.entry,
+                    stop=result.stop,
+                    target=result.target,
+                    score=result.score,
+                    features=result.features,
+                    produced_at=now,
+                )
+            except ValidationError as exc:  # a strategy's match that no Signal can carry is that strategy's bug
+                metrics.strategy_errors_total.labels(strategy=entry.name).inc()
+                log.error("strategy_bad_match", strategy=entry.name, symbol=window.symbol, bar_time=bar_time.isoformat(),
+                          error=str(exc))
+                errors.append(f"{entry.name}: match is not a valid Signal: {exc.errors()[0]['msg']}")
+                continue
+            signals.append(signal)
+            signal_ids.append(signal_id)
+        bots.append(BotScan(bot_id=sub.bot_id, strategies=tuple(evaluated), signal_ids=tuple(signal_ids), errors=tuple(errors)))
+
+    report = ScanReport(window_id=window.message_id, symbol=window.symbol, timeframe=window.timeframe, bar_time=bar_time,
+                        bots=tuple(bots), produced_at=now)
+    return signals, report
+
+
+class StrategyWorker:
+    """Consume `strategy.bars` (every worker competes for it), publish Signals, then the window's ScanReport."""
+
+    def __init__(self, *, bus: Bus, settings: Settings, catalog: Catalog = CATALOG, clock: Clock | None = None) -> None:
+        self._bus = bus
+        self._settings = settings
+        self._catalog = catalog
+        self._clock = clock or SystemClock()
+        self._consumer: Consumer | None = None
+
+    async def start(self) -> None:
+        if self._consumer is None:
+            self._consumer = await self._bus.consume(topology.STRATEGY_BARS, self._on_message, prefetch=self._settings.prefetch)
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.cancel()
+
+    async def handle_window(self, window: BarWindow) -> tuple[list[Signal], ScanReport]:
+        """Evaluate one window: its Signals (not yet published) and its ScanReport."""
+        signals, report = scan_window(window, catalog=self._catalog, now=self._clock.now())
+        metrics.bar_to_signal_seconds.observe(max(0.0, (self._clock.now() - window.produced_at).total_seconds()))
+        return signals, report
+
+    async def _on_message(self, message: Message, delivery: Delivery) -> None:
+        if not isinstance(message, BarWindow):
+            raise InvalidMessage(f"strategy.bars carries BarWindow messages, not {type(message).__name__}")
+        signals, report = await self.handle_window(message)
+        # Signals first, then the report that lists them: decision may log the scan line once it has them all.
+        # A redelivered window republishes the same signal_ids; decision's unique keys drop the repeats.
+        for signal in signals:
+            await self._bus.publish(signal, exchange=topology.STRATEGY_SIGNALS, routing_key=topology.signals_key(message.symbol))
+        await self._bus.publish(report, exchange=topology.STRATEGY_SIGNALS, routing_key=topology.scan_report_key(message.symbol))
