@@ -97,10 +97,18 @@ class EmbeddedStack:
         if self._clock is None:
             self._clock = AcceleratedClock(await self._clock_start(), speed=self.settings.speed)
         await self.bus.start()
-        account_ids = await self._active_paper_accounts()
-        broker = PaperBroker(clock=self.clock, balance=self.settings.paper_balance, commission_per_lot=self.settings.paper_commission_per_lot)
+        brokers = {
+            account.id: PaperBroker(
+                clock=self.clock,
+                balance=self.settings.paper_balance,
+                commission_per_lot=self.settings.paper_commission_per_lot,
+                margin_mode=account.margin_mode,
+                symbol_suffix=account.symbol_suffix or None,
+            )
+            for account in await self._active_paper_accounts()
+        }
         self.executor = ExecutorService(
-            bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=broker, account_ids=account_ids
+            bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=brokers, account_ids=list(brokers)
         )
         self.decision = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings)
         self.strategy = StrategyWorker(bus=self.bus, settings=self.settings)
@@ -136,10 +144,10 @@ class EmbeddedStack:
                 ready = ready and ok
         return ready, details
 
-    async def _active_paper_accounts(self) -> list[int]:
+    async def _active_paper_accounts(self) -> list[BrokerAccount]:
         async with self.sessions() as session:
-            rows = await session.execute(select(BrokerAccount.id).where(BrokerAccount.is_active, BrokerAccount.broker == "paper"))
-            return [r[0] for r in rows]
+            rows = await session.execute(select(BrokerAccount).where(BrokerAccount.is_active, BrokerAccount.broker == "paper"))
+            return list(rows.scalars())
 
     async def _ensure_bot_for_feed(self, session) -> None:
         """A replay of another symbol gets a demo bot of its own, so `make run --feed replay:EURUSD...` trades too."""

@@ -10,33 +10,44 @@ import sys
 
 import structlog
 
-_configured = False
+_STANDARD_KEYS = frozenset({"event", "level", "logger", "timestamp"})
+
+
+def _drop_fields_spelled_in_text(_logger, _name, event_dict: dict) -> dict:
+    """Text mode: a field the message already reads as `key=value` is not repeated after it (the scan line)."""
+    event = str(event_dict.get("event", ""))
+    for key in [k for k in event_dict if k not in _STANDARD_KEYS]:
+        if f"{key}={event_dict[key]}" in event:
+            del event_dict[key]
+    return event_dict
 
 
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
-    global _configured
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "json":
+        renderers = [structlog.processors.JSONRenderer()]
+    else:
+        renderers = [_drop_fields_spelled_in_text, structlog.dev.ConsoleRenderer(colors=False)]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # a logger made before configure_logging() must follow it too
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("scalper")
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers]))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "scalper"] + [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiormq", "aio_pika", "sqlalchemy.engine", "uvicorn.access"):
+    for noisy in ("aiormq", "aio_pika", "sqlalchemy.engine", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _configured = True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -53,8 +53,11 @@ def alembic_config(url: str):
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision` (blocking: call it before the event loop starts, or in a thread)."""
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Bring the database at `url` to `revision` (blocking: call it before the event loop starts, or in a thread).
+
+    `heads` rather than `head`, so that two migrations written side by side both apply until a merge revision joins them.
+    """
     from alembic import command
 
     parsed = make_url(url)
