@@ -28,7 +28,7 @@ TYPE_HEADER = "x-message-type"
 DEATH_REASON_HEADER = "x-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-original-queue"
 ORIGINAL_ROUTING_KEY_HEADER = "x-original-routing-key"
-DELIVERY_COUNT_HEADER = "x-delivery-count"
+DELIVERY_COUNT_HEADER = "x-scalper-delivery-count"  # not `x-delivery-count`: quorum queues write that one themselves
 
 
 class TransientError(Exception):

@@ -47,9 +47,8 @@ from shared.metrics import consume_latency_seconds, dead_letters_total, publish_
 
 log = get_logger(__name__)
 
-# A quorum queue writes its own `x-delivery-count` (an integer) on every delivery, over ours (base.DELIVERY_COUNT_HEADER
-# has the same name): a dead letter keeps its count under this second name and gets it back when it is read.
-_DEAD_COUNT_HEADER = "x-dead-letter-delivery-count"
+# A quorum queue writes its own `x-delivery-count` (an integer) on every delivery; it is read for Delivery.delivery_count
+# and left out of the headers handed on (a dead letter carries our own count, base.DELIVERY_COUNT_HEADER).
 _BROKER_COUNT_HEADER = "x-delivery-count"
 
 _CONNECT_ERRORS = (OSError, AMQPError, asyncio.TimeoutError)
@@ -82,10 +81,7 @@ def _header_text(value: Any) -> str:
 
 def _text_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
     """Header values as text, as the in-memory bus carries them; the broker's own delivery counter is left out."""
-    out = {key: _header_text(value) for key, value in (raw or {}).items() if not _is_broker_count(key, value)}
-    if _DEAD_COUNT_HEADER in out:
-        out[DELIVERY_COUNT_HEADER] = out.pop(_DEAD_COUNT_HEADER)
-    return out
+    return {key: _header_text(value) for key, value in (raw or {}).items() if not _is_broker_count(key, value)}
 
 
 def _is_broker_count(key: str, value: Any) -> bool:
@@ -278,7 +274,6 @@ class RabbitConsumer:
                 ORIGINAL_QUEUE_HEADER: queue,
                 ORIGINAL_ROUTING_KEY_HEADER: message.routing_key or "",
                 DELIVERY_COUNT_HEADER: str(count),
-                _DEAD_COUNT_HEADER: str(count),
             }
             try:
                 await self._bus._send(
