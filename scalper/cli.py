@@ -18,6 +18,9 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(bot_app, name="bot")
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+app.add_typer(__import__("scalper.commands.data", fromlist=["data_app"]).data_app, name="data")  # scalper data check
+app.command("backtest")(__import__("scalper.commands.backtest", fromlist=["backtest"]).backtest)  # scalper backtest FILE
+app.command("serve")(__import__("scalper.commands.serve", fromlist=["serve"]).serve)  # distributed mode: one service per process
 
 
 def _fail(message: str) -> typer.Exit:
@@ -91,6 +94,23 @@ def user_create(
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"id": user.id, "name": user.name, "is_admin": user.is_admin}))
     typer.echo(f"API key (shown once, keep it safe): {key}")
+
+
+@user_app.command("revoke-key")
+def user_revoke_key(name: str) -> None:
+    """Revoke every live API key of the user NAME (issue a new one with POST /api/v1/keys or ask an admin)."""
+    from services.decision.users import revoke_keys, user_by_name
+
+    async def work(session):
+        user = await user_by_name(session=session, name=name)
+        if user is None:
+            return None
+        return await revoke_keys(session=session, user_id=user.id, actor="cli")
+
+    revoked = asyncio.run(_in_transaction(work))
+    if revoked is None:
+        raise _fail(f"no user named {name!r}")
+    typer.echo(json.dumps({"user": name, "revoked_keys": revoked}))
 
 
 @bot_app.command("setup")

@@ -15,6 +15,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
+from services.decision.admin import mount_admin
+from services.decision.app import mount as mount_decision_api
 from services.decision.bots import ensure_demo, setup_bot
 from services.decision.service import DecisionService
 from services.executor.app import create_router as executor_router
@@ -33,6 +35,7 @@ from shared.http import add_ops_routes
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.symbols import canonical_symbol
+from shared.telemetry import MetricsSampler, configure_telemetry
 from shared.timeutil import AcceleratedClock, Clock, floor_minute
 
 log = get_logger(__name__)
@@ -83,6 +86,7 @@ class EmbeddedStack:
         self.strategy: StrategyWorker | None = None
         self.decision: DecisionService | None = None
         self.executor: ExecutorService | None = None
+        self.sampler: MetricsSampler | None = None
 
     @property
     def clock(self) -> Clock:
@@ -114,12 +118,36 @@ class EmbeddedStack:
         self.strategy = StrategyWorker(bus=self.bus, settings=self.settings)
         self.market_data = MarketDataService(bus=self.bus, feed=self.feed, clock=self.clock, settings=self.settings)
         # Downstream first, so nothing is published to a queue before its consumer exists.
+        configure_telemetry(self.settings, service_name="scalper-embedded")
         for service in (self.executor, self.decision, self.strategy, self.market_data):
             await service.start()
         await self.decision.refresh_plan()
+        self.sampler = MetricsSampler(
+            bus=self.bus, queues=self._sampled_queues(brokers), sessions=self.sessions, clock=self.clock,
+            broker_healthy=self._broker_healthy,
+        )
+        self.sampler.start()
         return Startup(demo_api_key=key)
 
+    @staticmethod
+    def _sampled_queues(account_ids) -> list[str]:
+        from shared.bus import topology
+        from shared.bus.memory import WORK_QUEUES
+
+        out = [spec.name for spec in WORK_QUEUES]
+        for account_id in account_ids:
+            out += [topology.executor_orders_queue(account_id).name, topology.executor_commands_queue(account_id).name]
+        return out
+
+    async def _broker_healthy(self) -> bool:
+        if self.executor is None:
+            return False
+        _, details = await self.executor.readiness()
+        return bool(details.get("broker"))
+
     async def stop(self) -> None:
+        if self.sampler is not None:
+            await self.sampler.stop()
         for service in (self.market_data, self.strategy, self.decision, self.executor):
             if service is not None:
                 await service.stop()
@@ -188,6 +216,8 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
         app.include_router(market_data_router(stack.market_data), prefix="/api/v1")
         app.include_router(strategy_router(), prefix="/api/v1")
         app.include_router(executor_router(stack.executor), prefix="/internal/executor")
+        mount_decision_api(app, stack.decision)
+        mount_admin(app, engine=stack.engine, sessions=stack.sessions, settings=stack.settings)
         app.openapi_schema = None
         if startup.demo_api_key:
             # Printed to the terminal once, never through the logger.

@@ -9,8 +9,18 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
 
 _STANDARD_KEYS = frozenset({"event", "level", "logger", "timestamp"})
+
+
+def add_trace_ids(_logger, _name, event_dict: dict) -> dict:
+    """Add the active span's `trace_id` and `span_id` (hex, as trace stores show them) when a span is active."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event_dict
 
 
 def _drop_fields_spelled_in_text(_logger, _name, event_dict: dict) -> dict:
@@ -28,6 +38,7 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
     ]
     if fmt == "json":
         renderers = [structlog.processors.JSONRenderer()]

@@ -202,7 +202,7 @@ class OrderIntent(Message):
 class ExecutorCommand(Message):
     type_name: ClassVar[str] = "ExecutorCommand"
 
-    command: Literal["close_position", "close_all", "move_stop"]
+    command: Literal["close_position", "close_all", "move_stop", "resume_bot"]  # resume_bot: lift a kill-switch block (bot_id)
     account_id: int
     bot_id: int | None = None
     ticket: int | None = None
@@ -259,9 +259,37 @@ class AccountSnapshot(Message):
     taken_at: AwareDatetime
 
 
+# --- market data <-> executor: the rates RPC (feed mt5) ------------------------------------------------------
+
+
+class RatesRequest(Message):
+    """Market data asks the executor holding an account's MT5 session for closed M1 bars (exchange `rates`, key
+    str(account_id)); the answer goes to exchange `rates` with routing key `reply_to`, carrying `correlation_id`."""
+
+    type_name: ClassVar[str] = "RatesRequest"
+
+    account_id: int
+    symbol: str
+    timeframe: Timeframe = "1m"
+    count: int = Field(ge=1, le=100_000)
+    reply_to: str
+    correlation_id: uuid.UUID
+
+
+class RatesReply(Message):
+    type_name: ClassVar[str] = "RatesReply"
+
+    correlation_id: uuid.UUID
+    account_id: int
+    symbol: str
+    timeframe: Timeframe = "1m"
+    bars: BarColumns | None = Field(default=None, description="closed bars, oldest first, times in UTC")
+    error: str = ""
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type_name: cls
-    for cls in (ScanPlan, BarWindow, Signal, ScanReport, OrderIntent, ExecutorCommand, ExecutionReport, PositionEvent, AccountSnapshot)
+    for cls in (ScanPlan, BarWindow, Signal, ScanReport, OrderIntent, ExecutorCommand, ExecutionReport, PositionEvent, AccountSnapshot, RatesRequest, RatesReply)
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,15 @@ class Settings(BaseSettings):
     paper_balance: float = Field(default=10_000.0, gt=0)
     paper_commission_per_lot: float = Field(default=0.0, ge=0)
     lookback_bars: int = Field(default=100, ge=20, description="fewest closed bars a scan publishes")
+
+    # Distributed mode (`scalper serve`): where the decision service forwards /symbols, /bars and /strategies, and
+    # the simulated clock every process shares (simulated time `clock_start` at the wall-clock instant `clock_anchor`,
+    # running `speed` times faster), so order expiry and trades-per-day agree with market data's replay.
+    market_data_url: str = Field(default="http://127.0.0.1:8001", description="market data service, for the decision API")
+    strategy_url: str = Field(default="http://127.0.0.1:8002", description="strategy service, for the decision API")
+    http_timeout_s: float = Field(default=5.0, gt=0, description="time-out of calls between services")
+    clock_start: datetime | None = Field(default=None, description="simulated time at clock_anchor (default: the feed's start)")
+    clock_anchor: datetime | None = Field(default=None, description="wall-clock UTC instant at which the clock reads clock_start")
 
 
 @lru_cache

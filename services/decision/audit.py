@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AuditLog
@@ -25,6 +26,17 @@ def jsonable(values: dict[str, Any] | None) -> dict[str, Any] | None:
             value = str(value)
         out[key] = value
     return out
+
+
+class AuditIsAppendOnly(RuntimeError):
+    pass
+
+
+@event.listens_for(AuditLog, "before_update")
+@event.listens_for(AuditLog, "before_delete")
+def _append_only(mapper, connection, target) -> None:
+    """Audit rows are written once: the ORM refuses to change or delete one."""
+    raise AuditIsAppendOnly(f"audit row {target.id} is append-only")
 
 
 def record(

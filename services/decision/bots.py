@@ -39,10 +39,35 @@ SEED_RISK = {
 
 
 class BotSetupError(ValueError):
-    """A bot that cannot be set up as asked; the message says what to change."""
+    """A bot that cannot be set up as asked; the message says what to change, `field` which input it is about."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BotNotFound(LookupError):
+    pass
+
+
+class BotConflict(ValueError):
+    """The change clashes with another bot or with the bot's open trades (HTTP 409)."""
 
 
 _SHOWN = ("engine_mode", "default_timeframe", "enabled_strategies", "auto_trade", "status", *SEED_RISK)
+# What the API may change on a bot (status only through pause, resume and kill).
+EDITABLE = (
+    "name",
+    "symbol",
+    "default_timeframe",
+    "enabled_strategies",
+    "strategy_params",
+    *SEED_RISK,
+    "auto_trade",
+    "max_spread_pips",
+    "trading_hours",
+    "correlation_check",
+)
 
 
 def strategy_names(engine_mode: str = "scalper") -> list[str]:
@@ -54,6 +79,51 @@ def strategy_names(engine_mode: str = "scalper") -> list[str]:
             raise
         return list(FALLBACK_STRATEGIES.get(engine_mode, []))
     return list(catalog.names(engine_mode))
+
+
+def validate_strategies(engine_mode: str, strategies: Sequence[str] | None) -> list[str]:
+    """The enabled strategies, checked against the catalog (None: every strategy of the engine, as the seed did)."""
+    known = strategy_names(engine_mode)
+    if strategies is None:
+        if not known:
+            raise BotSetupError(f"the strategy catalog lists no {engine_mode} strategies", "enabled_strategies")
+        return known
+    enabled = list(dict.fromkeys(s.strip() for s in strategies if s.strip()))
+    if not enabled:
+        raise BotSetupError(f"name at least one strategy; valid {engine_mode} strategies: {', '.join(known) or 'none'}", "enabled_strategies")
+    unknown = [s for s in enabled if s not in known]
+    if unknown:
+        raise BotSetupError(
+            f"unknown {engine_mode} strategies {', '.join(unknown)}; valid ones: {', '.join(known) or 'none'}", "enabled_strategies"
+        )
+    return enabled
+
+
+def validate_strategy_params(engine_mode: str, enabled: Sequence[str], params: dict | None) -> dict:
+    """Per-strategy overrides, each validated by the strategy's parameter model; stored as given (defaults stay live)."""
+    params = dict(params or {})
+    try:
+        from shared.strategies import catalog
+    except ModuleNotFoundError as exc:  # the catalog is absent while strategies are being written
+        if exc.name != "shared.strategies.catalog":
+            raise
+        if params:
+            raise BotSetupError("the strategy catalog is absent: parameter overrides cannot be checked", "strategy_params") from None
+        return params
+    for name, values in params.items():
+        if name not in enabled:
+            raise BotSetupError(
+                f"strategy_params names {name!r}, which is not among enabled_strategies ({', '.join(enabled)})", f"strategy_params.{name}"
+            )
+        if not isinstance(values, dict):
+            raise BotSetupError(f"strategy_params.{name} must be an object of parameter values", f"strategy_params.{name}")
+        try:
+            catalog.validate_params(name, values)
+        except KeyError as exc:
+            raise BotSetupError(str(exc.args[0]), f"strategy_params.{name}") from None
+        except catalog.InvalidParams as exc:
+            raise BotSetupError(f"{exc}; see GET /api/v1/strategies for each parameter's bounds", f"strategy_params.{name}") from None
+    return params
 
 
 def _snapshot(bot: Bot) -> dict:
@@ -93,22 +163,15 @@ async def setup_bot(
     except UnknownSymbol as exc:
         raise BotSetupError(str(exc)) from None
 
-    known = strategy_names(engine_mode)
-    if strategies is None:
-        enabled = known
-        if not enabled:
-            raise BotSetupError(f"the strategy catalog lists no {engine_mode} strategies")
-    else:
-        enabled = list(dict.fromkeys(s.strip() for s in strategies if s.strip()))
-        if not enabled:
-            raise BotSetupError("name at least one strategy")
-        unknown = [s for s in enabled if s not in known]
-        if unknown:
-            raise BotSetupError(f"unknown {engine_mode} strategies {unknown}: known are {known}")
+    enabled = validate_strategies(engine_mode, strategies)
 
     stmt = select(Bot).where(Bot.user_id == user_id, Bot.account_id == account_id, Bot.symbol == symbol, Bot.engine_mode == engine_mode)
     bot = (await session.execute(stmt)).scalar_one_or_none()
     now = utcnow()
+    if bot is not None and bot.deleted_at is not None:
+        # A deleted bot keeps its history under its id; its identity goes to a new bot, as POST /bots does.
+        await _release_identity(session=session, bot=bot)
+        bot = None
     if bot is None:
         bot = Bot(
             user_id=user_id,
@@ -183,3 +246,161 @@ async def ensure_demo(*, session: AsyncSession) -> str | None:
         actor="startup",
     )
     return api_key
+
+
+# --- the API's bot management (the CLI's setup_bot above shares its validation) ------------------------------
+
+
+def _state(bot: Bot) -> dict:
+    return {name: getattr(bot, name) for name in (*EDITABLE, "engine_mode", "status", "status_reason")}
+
+
+def _audit_change(*, session: AsyncSession, bot: Bot, before: dict, actor: str, what: str) -> list[str]:
+    after = _state(bot)
+    changed = [k for k in after if after[k] != before[k]]
+    if changed:
+        audit.record(
+            session=session,
+            kind="bot",
+            entity_id=bot.id,
+            user_id=bot.user_id,
+            bot_id=bot.id,
+            actor=actor,
+            message=f"bot {what}: {', '.join(changed)}",
+            before={k: before[k] for k in changed},
+            after={k: after[k] for k in changed},
+        )
+    return changed
+
+
+async def get_bot(*, session: AsyncSession, owner_id: int, bot_id: int) -> Bot:
+    """The owner's live bot, or BotNotFound (another user's bot is not found either)."""
+    bot = await session.get(Bot, bot_id)
+    if bot is None or bot.user_id != owner_id or bot.deleted_at is not None:
+        raise BotNotFound(f"no bot {bot_id}")
+    return bot
+
+
+async def _check_symbol(*, session: AsyncSession, account_id: int, symbol: str) -> None:
+    account = await session.get(BrokerAccount, account_id)
+    try:
+        get_spec(symbol, account.symbol_suffix)
+    except UnknownSymbol as exc:
+        raise BotSetupError(str(exc), "symbol") from None
+
+
+async def _check_identity_free(*, session: AsyncSession, bot: Bot) -> None:
+    stmt = select(Bot).where(
+        Bot.user_id == bot.user_id, Bot.account_id == bot.account_id, Bot.symbol == bot.symbol, Bot.engine_mode == bot.engine_mode
+    )
+    if bot.id is not None:
+        stmt = stmt.where(Bot.id != bot.id)
+    other = (await session.execute(stmt)).scalar_one_or_none()
+    if other is not None and other.deleted_at is None:
+        raise BotConflict(f"bot {other.id} already trades {bot.symbol} with the {bot.engine_mode} engine on account {bot.account_id}: change that one")
+    if other is not None:  # a deleted bot holds the identity: free it (its history stays under its id)
+        await _release_identity(session=session, bot=other)
+
+
+async def _release_identity(*, session: AsyncSession, bot: Bot) -> None:
+    """Rename a deleted bot's symbol (`XAUUSDm~7`) so its (user, account, symbol, engine) can belong to a new bot."""
+    bot.symbol = f"{bot.symbol}~{bot.id}"[:32]
+    await session.flush()
+
+
+async def create_bot(*, session: AsyncSession, owner_id: int, values: dict, actor: str) -> Bot:
+    """A new bot from the API's fields (validated like `setup_bot`); seed defaults for whatever is not given."""
+    account = await session.get(BrokerAccount, values["account_id"])
+    if account is None or account.user_id != owner_id:
+        raise BotSetupError(f"you have no broker account {values['account_id']}; list yours with GET /api/v1/accounts", "account_id")
+    engine_mode = values.get("engine_mode") or "scalper"
+    symbol = values["symbol"].strip()
+    await _check_symbol(session=session, account_id=account.id, symbol=symbol)
+    enabled = validate_strategies(engine_mode, values.get("enabled_strategies"))
+    params = validate_strategy_params(engine_mode, enabled, values.get("strategy_params"))
+    now = utcnow()
+    fields = {**SEED_RISK, "auto_trade": False}
+    fields.update({k: v for k, v in values.items() if k in EDITABLE and v is not None})
+    fields.update(
+        symbol=symbol,
+        enabled_strategies=enabled,
+        strategy_params=params,
+        default_timeframe=values.get("default_timeframe") or ENGINE_TIMEFRAMES[engine_mode],
+        name=values.get("name") or f"{engine_mode} {symbol}",
+    )
+    if "max_spread_pips" in values:
+        fields["max_spread_pips"] = values["max_spread_pips"]
+    bot = Bot(user_id=owner_id, account_id=account.id, engine_mode=engine_mode, status="active", created_at=now, updated_at=now, **fields)
+    await _check_identity_free(session=session, bot=bot)
+    session.add(bot)
+    await session.flush()
+    audit.record(
+        session=session, kind="bot", entity_id=bot.id, user_id=owner_id, bot_id=bot.id, actor=actor,
+        message=f"bot created: {engine_mode} {symbol}", after=_state(bot),
+    )
+    return bot
+
+
+async def update_bot(*, session: AsyncSession, bot: Bot, values: dict, actor: str) -> list[str]:
+    """Apply the given fields (None clears only max_spread_pips; elsewhere it means "leave as is"); return what changed."""
+    before = _state(bot)
+    if values.get("symbol") is not None and values["symbol"] != bot.symbol:
+        await _check_symbol(session=session, account_id=bot.account_id, symbol=values["symbol"])
+        bot.symbol = values["symbol"]
+        await _check_identity_free(session=session, bot=bot)
+    if values.get("enabled_strategies") is not None:
+        bot.enabled_strategies = validate_strategies(bot.engine_mode, values["enabled_strategies"])
+    if values.get("strategy_params") is not None or values.get("enabled_strategies") is not None:
+        params = values.get("strategy_params")
+        if params is None:  # strategies changed: keep the overrides of the strategies still enabled
+            params = {k: v for k, v in (bot.strategy_params or {}).items() if k in bot.enabled_strategies}
+        bot.strategy_params = validate_strategy_params(bot.engine_mode, bot.enabled_strategies, params)
+    for name in EDITABLE:
+        if name in ("symbol", "enabled_strategies", "strategy_params") or name not in values:
+            continue
+        if values[name] is None and name != "max_spread_pips":
+            continue
+        setattr(bot, name, values[name])
+    changed = _audit_change(session=session, bot=bot, before=before, actor=actor, what="updated")
+    if changed:
+        bot.updated_at = utcnow()
+    await session.flush()
+    return changed
+
+
+async def has_open_trades(*, session: AsyncSession, bot: Bot) -> bool:
+    from shared.db.models import Decision
+
+    stmt = select(Decision.id).where(
+        Decision.bot_id == bot.id,
+        Decision.action == "open",
+        Decision.order_status.in_(("sent", "filled")),
+        (Decision.position_status.is_(None)) | (Decision.position_status != "closed"),
+    )
+    return (await session.execute(stmt.limit(1))).first() is not None
+
+
+async def delete_bot(*, session: AsyncSession, bot: Bot, actor: str) -> None:
+    """Retire the bot (its signals, decisions and audit rows stay); refused while it has open positions or orders."""
+    if await has_open_trades(session=session, bot=bot):
+        raise BotConflict(f"bot {bot.id} has open positions or orders: POST /api/v1/bots/{bot.id}/kill closes them, then delete it")
+    before = _state(bot)
+    bot.deleted_at = utcnow()
+    bot.auto_trade = False
+    bot.status, bot.status_reason = "paused", "deleted"
+    bot.updated_at = bot.deleted_at
+    audit.record(
+        session=session, kind="bot", entity_id=bot.id, user_id=bot.user_id, bot_id=bot.id, actor=actor,
+        message=f"bot deleted: {bot.engine_mode} {bot.symbol}", before=before,
+    )
+    await session.flush()
+
+
+def set_status(*, session: AsyncSession, bot: Bot, status: str, reason: str, actor: str) -> bool:
+    """Pause or resume a bot (kill goes through killswitch.stop_bot); return whether anything changed."""
+    before = _state(bot)
+    bot.status, bot.status_reason = status, reason
+    changed = _audit_change(session=session, bot=bot, before=before, actor=actor, what=status if status != "active" else "resumed")
+    if changed:
+        bot.updated_at = utcnow()
+    return bool(changed)

@@ -13,7 +13,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.decision import audit
-from services.decision.risk import BotRules, DecisionResult, Exposure, decide
+from services.decision.risk import AccountRules, BotRules, DecisionResult, Exposure, Leg, decide, margin_required
 from shared.db.models import Bot, BrokerAccount, Decision, SignalRow
 from shared.messages import InvalidMessage, OrderIntent, Signal
 from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
@@ -86,11 +86,13 @@ async def load_bot_for_update(*, session: AsyncSession, bot_id: int) -> tuple[Bo
     return bot, account
 
 
-async def load_exposure(*, session: AsyncSession, bot: Bot, account: BrokerAccount, now: datetime) -> Exposure:
+async def load_exposure(
+    *, session: AsyncSession, bot: Bot, account: BrokerAccount, now: datetime, margin_free: float | None = None
+) -> Exposure:
     """The bot's exposure from the decisions read model (orders sent but not yet filled count as open)."""
     live = (
         await session.execute(
-            select(Decision.bot_id, Decision.symbol).where(
+            select(Decision.bot_id, Decision.symbol, Decision.side, Decision.volume).where(
                 Decision.account_id == account.id,
                 Decision.action == "open",
                 Decision.order_status.in_(LIVE_ORDER_STATUSES),
@@ -110,11 +112,38 @@ async def load_exposure(*, session: AsyncSession, bot: Bot, account: BrokerAccou
             )
         )
     ).scalar_one()
-    return Exposure(
-        open_positions=sum(1 for bot_id, _ in live if bot_id == bot.id),
-        open_on_symbol=sum(1 for _, symbol in live if canonical_symbol(symbol, account.symbol_suffix) == instrument),
-        trades_today=int(trades_today),
+    legs = tuple(
+        Leg(bot_id=bot_id, instrument=canonical_symbol(symbol, account.symbol_suffix), side=side, volume=volume or 0.0)
+        for bot_id, symbol, side, volume in live
     )
+    if margin_free is not None:
+        margin_free -= await pending_margin(session=session, account=account)
+    return Exposure(
+        open_positions=sum(1 for leg in legs if leg.bot_id == bot.id),
+        open_on_symbol=sum(1 for leg in legs if leg.instrument == instrument),
+        trades_today=int(trades_today),
+        legs=legs,
+        margin_free=margin_free,
+    )
+
+
+async def pending_margin(*, session: AsyncSession, account: BrokerAccount) -> float:
+    """Margin the account's orders sent and not yet answered will take: no snapshot includes them yet."""
+    rows = (
+        await session.execute(
+            select(Decision.symbol, Decision.volume, SignalRow.entry)
+            .join(SignalRow, SignalRow.signal_id == Decision.signal_id)
+            .where(Decision.account_id == account.id, Decision.action == "open", Decision.order_status == "sent")
+        )
+    ).all()
+    total = 0.0
+    for symbol, volume, entry in rows:
+        try:
+            spec = get_spec(symbol, account.symbol_suffix)
+        except UnknownSymbol:
+            continue
+        total += margin_required(spec=spec, volume=volume or 0.0, price=entry, leverage=account.leverage or 100.0)
+    return total
 
 
 async def store_signal(*, session: AsyncSession, signal: Signal, now: datetime, user_id: int | None = None) -> tuple[SignalRow, bool]:
@@ -173,10 +202,12 @@ def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: 
     except UnknownSymbol as exc:
         check = {"name": "unknown_symbol", "passed": False, "value": bot.symbol, "limit": str(exc)}
         return DecisionResult(action="ignore", reason="unknown_symbol", checks=[check], side=signal.side)
-    return decide(rules=BotRules.from_attrs(bot), signal=signal, exposure=exposure, spec=spec)
+    return decide(rules=BotRules.from_attrs(bot), signal=signal, exposure=exposure, spec=spec, account=AccountRules.from_attrs(account))
 
 
-async def handle_signal(*, session: AsyncSession, signal: Signal, now: datetime, order_ttl_s: float) -> SignalOutcome:
+async def handle_signal(
+    *, session: AsyncSession, signal: Signal, now: datetime, order_ttl_s: float, margin_free: float | None = None
+) -> SignalOutcome:
     """Store the signal and its one decision; on a repeat, return the existing decision (and its intent while sent)."""
     found = await load_bot_for_update(session=session, bot_id=signal.bot_id)
     if found is None:
@@ -193,7 +224,7 @@ async def handle_signal(*, session: AsyncSession, signal: Signal, now: datetime,
         intent = order_intent_for(existing) if existing.action == "open" and existing.order_status == "sent" else None
         return SignalOutcome(bot_found=True, signal_new=signal_new, decision=existing, intent=intent)
 
-    exposure = await load_exposure(session=session, bot=bot, account=account, now=now)
+    exposure = await load_exposure(session=session, bot=bot, account=account, now=now, margin_free=margin_free)
     result = _risk_result(bot=bot, account=account, signal=signal, exposure=exposure)
     decision = Decision(
         signal_id=row.signal_id,

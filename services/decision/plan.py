@@ -44,6 +44,7 @@ async def build_plan(*, session: AsyncSession, lookback_for: LookbackFor, min_lo
         .join(BrokerAccount, BrokerAccount.id == Bot.account_id)
         .where(
             Bot.status == "active",
+            Bot.deleted_at.is_(None),
             Bot.auto_trade.is_(True),
             Bot.engine_mode.in_(PLAN_ENGINES),
             BrokerAccount.is_active.is_(True),

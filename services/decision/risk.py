@@ -6,7 +6,9 @@ The live decision service and the backtester both call `decide`, so a backtest t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+from datetime import datetime, time
 from typing import Any, Literal
 
 from shared.messages import Signal
@@ -25,7 +27,44 @@ REASONS = (
     "max_concurrent_positions",
     "max_per_symbol",
     "max_trades_per_day",
+    "outside_trading_hours",
+    "spread_too_wide",
+    "netting_conflict",
+    "correlation_basket",
+    "margin_insufficient",
 )
+
+# Correlation baskets: instrument -> +1 when buying it is long the basket's common currency, -1 when short.
+# Buying EURUSD and buying USDCHF are opposite USD bets, so only legs with the same sign x side are "the same direction".
+BASKETS: dict[str, dict[str, int]] = {
+    "usd_majors": {"EURUSD": -1, "GBPUSD": -1, "AUDUSD": -1, "NZDUSD": -1, "USDCAD": 1, "USDCHF": 1, "USDJPY": 1},
+}
+
+TRADING_HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_trading_hours(text: str) -> tuple[time, time] | None:
+    """`HH:MM-HH:MM` in UTC (a window may wrap past midnight); "" means always. Raises ValueError otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    match = TRADING_HOURS_RE.match(text)
+    if match is None:
+        raise ValueError(f"trading_hours {text!r}: write HH:MM-HH:MM in UTC, e.g. 07:00-20:00, or leave it empty for always")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    start, end = time(h1, m1), time(h2, m2)
+    if start == end:
+        raise ValueError(f"trading_hours {text!r}: start and end are equal; leave it empty to trade around the clock")
+    return start, end
+
+
+def in_trading_hours(text: str, at: datetime) -> bool:
+    window = parse_trading_hours(text)
+    if window is None:
+        return True
+    start, end = window
+    now = at.time().replace(second=0, microsecond=0, tzinfo=None)
+    return start <= now < end if start < end else (now >= start or now < end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +81,36 @@ class BotRules:
     sl_tp_mode: str = "strategy"
     default_sl_pips: float = 3.0
     default_tp_pips: float = 5.0
+    max_spread_pips: float | None = None
+    trading_hours: str = ""
+    correlation_check: bool = True
 
     @classmethod
     def from_attrs(cls, obj: Any) -> BotRules:
-        """Read the rules from anything with these attributes (a `Bot` row, a backtest config)."""
-        return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+        """Read the rules from anything with these attributes (a `Bot` row, a backtest config); missing ones keep their default."""
+        return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls) if hasattr(obj, f.name)})
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRules:
+    """The account's side of the rules: netting or hedging, and the leverage the margin check assumes."""
+
+    margin_mode: str = "hedging"
+    leverage: float = 100.0
+
+    @classmethod
+    def from_attrs(cls, obj: Any) -> AccountRules:
+        return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls) if getattr(obj, f.name, None) is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One open position or order in flight on the account: whose, which instrument (canonical), which way, how big."""
+
+    bot_id: int
+    instrument: str
+    side: Side
+    volume: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +121,16 @@ class Exposure:
     open_on_symbol: the same, on the signal's instrument, over every bot of the account (one broker account
         holds one book per instrument, so two bots on it share the per-symbol limit).
     trades_today: this bot's orders sent or filled since the start of the account's broker day.
+
+    legs: every open position and order in flight on the account (netting and correlation checks).
+    margin_free: the free margin of the account's latest snapshot; None while no snapshot has arrived.
     """
 
     open_positions: int = 0
     open_on_symbol: int = 0
     trades_today: int = 0
+    legs: tuple[Leg, ...] = ()
+    margin_free: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +148,54 @@ def _check(name: str, passed: bool, value: Any, limit: Any) -> dict[str, Any]:
     return {"name": name, "passed": bool(passed), "value": value, "limit": limit}
 
 
-def run_checks(*, rules: BotRules, signal: Signal, exposure: Exposure) -> list[dict[str, Any]]:
-    """Every risk check with its value and limit; a check's `name` is the reason it gives when it fails."""
-    return [
+def margin_required(*, spec: SymbolSpec, volume: float, price: float, leverage: float) -> float:
+    """Margin in USD for `volume` lots at `price` (MT5's forex/CFD leverage formula: lots x contract x price / leverage)."""
+    notional = volume * spec.contract_size
+    if spec.quote_currency == "USD":
+        notional *= price
+    elif spec.base_currency != "USD":
+        notional *= price  # a cross: in the quote currency (the documented limitation of SymbolSpec.profit)
+    return notional / max(leverage, 1e-9)
+
+
+def _basket_conflict(*, signal: Signal, instrument: str, legs: tuple[Leg, ...]) -> str | None:
+    """The first leg on another instrument of a basket of ours that bets the same way as the signal, as text."""
+    want = 1 if signal.side == "buy" else -1
+    for name, members in BASKETS.items():
+        if instrument not in members:
+            continue
+        direction = members[instrument] * want
+        for leg in legs:
+            if leg.instrument != instrument and leg.instrument in members:
+                if members[leg.instrument] * (1 if leg.side == "buy" else -1) == direction:
+                    return f"{name}: {leg.side} {leg.instrument} (bot {leg.bot_id})"
+    return None
+
+
+def _netting_conflict(*, signal: Signal, instrument: str, legs: tuple[Leg, ...]) -> str | None:
+    for leg in legs:
+        if leg.instrument == instrument and leg.bot_id != signal.bot_id and leg.side != signal.side:
+            return f"{leg.side} {leg.instrument} of bot {leg.bot_id}"
+    return None
+
+
+def _spread_pips(signal: Signal, spec: SymbolSpec) -> float | None:
+    """The signal bar's spread in pips, when the strategy put it in the features (`spread_points` or `spread`, in points)."""
+    for key in ("spread_points", "spread"):
+        value = signal.features.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return spec.price_to_pips(spec.points_to_price(float(value)))
+    return None
+
+
+def run_checks(
+    *, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec | None = None, account: AccountRules | None = None
+) -> list[dict[str, Any]]:
+    """Every risk check with its value and limit; a check's `name` is the reason it gives when it fails.
+
+    Without `spec` only the bot's own checks run (the account-wide checks need the instrument and its sizes).
+    """
+    checks = [
         _check("bot_not_active", rules.status == "active", rules.status, "active"),
         _check("auto_trade_off", rules.auto_trade, rules.auto_trade, True),
         _check("invalid_sl_tp_mode", rules.sl_tp_mode in SL_TP_MODES, rules.sl_tp_mode, list(SL_TP_MODES)),
@@ -95,6 +209,27 @@ def run_checks(*, rules: BotRules, signal: Signal, exposure: Exposure) -> list[d
         _check("max_per_symbol", exposure.open_on_symbol < rules.risk_max_per_symbol, exposure.open_on_symbol, rules.risk_max_per_symbol),
         _check("max_trades_per_day", exposure.trades_today < rules.max_trades_per_day, exposure.trades_today, rules.max_trades_per_day),
     ]
+    if spec is None:
+        return checks
+    account = account or AccountRules()
+    instrument = spec.name
+    try:
+        hours_ok = in_trading_hours(rules.trading_hours, signal.bar_time)
+    except ValueError:
+        hours_ok = False
+    checks.append(_check("outside_trading_hours", hours_ok, signal.bar_time.strftime("%H:%M"), rules.trading_hours or "always"))
+    spread = _spread_pips(signal, spec)
+    spread_ok = rules.max_spread_pips is None or spread is None or spread <= rules.max_spread_pips
+    checks.append(_check("spread_too_wide", spread_ok, None if spread is None else round(spread, 3), rules.max_spread_pips))
+    netting = _netting_conflict(signal=signal, instrument=instrument, legs=exposure.legs) if account.margin_mode == "netting" else None
+    checks.append(_check("netting_conflict", netting is None, netting, "no opposite position of another bot"))
+    basket = _basket_conflict(signal=signal, instrument=instrument, legs=exposure.legs) if rules.correlation_check else None
+    checks.append(_check("correlation_basket", basket is None, basket, "no second position the same way in a basket"))
+    volume = spec.round_volume(rules.default_qty)
+    needed = round(margin_required(spec=spec, volume=volume, price=signal.entry, leverage=account.leverage), 2)
+    margin_ok = exposure.margin_free is None or exposure.margin_free >= needed
+    checks.append(_check("margin_insufficient", margin_ok, exposure.margin_free, needed))
+    return checks
 
 
 def stops_for(*, rules: BotRules, signal: Signal, spec: SymbolSpec) -> tuple[float | None, float | None]:
@@ -112,9 +247,11 @@ def stops_for(*, rules: BotRules, signal: Signal, spec: SymbolSpec) -> tuple[flo
     return spec.push_outside_stops(signal.side, signal.entry, sl, tp)
 
 
-def decide(*, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec) -> DecisionResult:
+def decide(
+    *, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec, account: AccountRules | None = None
+) -> DecisionResult:
     """Open the signal's trade, or ignore it with the first failing check as the reason."""
-    checks = run_checks(rules=rules, signal=signal, exposure=exposure)
+    checks = run_checks(rules=rules, signal=signal, exposure=exposure, spec=spec, account=account)
     failed = {c["name"] for c in checks if not c["passed"]}
     for reason in REASONS:
         if reason in failed:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.decision import events, plan
+from services.decision import events, killswitch, plan
 from services.decision.decisions import handle_signal
 from services.decision.plan import LookbackFor
 from services.decision.scanline import scan_lines
@@ -23,6 +23,7 @@ from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
     ExecutionReport,
+    ExecutorCommand,
     InvalidMessage,
     Message,
     PositionEvent,
@@ -31,7 +32,8 @@ from shared.messages import (
     Signal,
     StrategyConfig,
 )
-from shared.metrics import decision_ignored_total, signals_ingested_total
+from shared.db.models import BrokerAccount
+from shared.metrics import decision_ignored_total, decisions_total, kill_switch_trips_total, signals_ingested_total
 from shared.settings import Settings
 from shared.symbols import canonical_symbol
 from shared.timeutil import Clock
@@ -114,6 +116,19 @@ class DecisionService:
     def latest_snapshot(self, account_id: int) -> AccountSnapshot | None:
         return self.snapshots.get(account_id)
 
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self._sessions
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    async def publish_commands(self, commands: Sequence[ExecutorCommand]) -> None:
+        """Send executor commands (close_all of a kill, resume_bot) after the transaction that decided them committed."""
+        for command in commands:
+            await self._bus.publish(command, exchange=topology.EXECUTION_COMMANDS, routing_key=str(command.account_id))
+
     # --- scan plan ----------------------------------------------------------------------------------------
 
     def _lookback(self, configs: Sequence[StrategyConfig]) -> int:
@@ -173,7 +188,14 @@ class DecisionService:
         # One decision at a time per account, so two signals of one window cannot both pass a limit of 1: this lock
         # in the process, the account row's lock (PostgreSQL) or the database's write lock (SQLite) across processes.
         async with self._account_lock(signal.account_id), transaction(self._sessions) as session:
-            outcome = await handle_signal(session=session, signal=signal, now=self._clock.now(), order_ttl_s=self._settings.order_ttl_s)
+            snapshot = self.snapshots.get(signal.account_id)
+            outcome = await handle_signal(
+                session=session,
+                signal=signal,
+                now=self._clock.now(),
+                order_ttl_s=self._settings.order_ttl_s,
+                margin_free=None if snapshot is None else snapshot.margin_free,
+            )
         if not outcome.bot_found:
             log.info("signal for an unknown bot ignored", signal_id=key, bot_id=signal.bot_id, strategy=signal.strategy)
             return
@@ -191,6 +213,7 @@ class DecisionService:
                 reason=decision.reason,
                 client_order_id=decision.client_order_id,
             )
+            decisions_total.labels(action=decision.action, strategy=signal.strategy).inc()
             if decision.action == "ignore":
                 decision_ignored_total.labels(reason=decision.reason).inc()
         if outcome.intent is not None:
@@ -226,9 +249,49 @@ class DecisionService:
             decision = await events.apply_position_event(session=session, event=event, now=self._clock.now())
         if decision is None:
             log.info("position event for no decision of ours", ticket=event.ticket, account_id=event.account_id, kind=event.kind)
+            return
+        if event.kind == "closed":
+            await self.check_kill_switch(event.account_id, bot_ids=[decision.bot_id])
 
     async def handle_account_snapshot(self, snapshot: AccountSnapshot, delivery: Delivery | None = None) -> None:
-        """Keep the newest snapshot per account (the margin check and the kill switch will read it)."""
+        """Keep the newest snapshot per account (margin check, kill switch), roll the day-start balance, check the kill switch."""
         current = self.snapshots.get(snapshot.account_id)
-        if current is None or snapshot.taken_at >= current.taken_at:
-            self.snapshots[snapshot.account_id] = snapshot
+        if current is not None and snapshot.taken_at < current.taken_at:
+            return
+        self.snapshots[snapshot.account_id] = snapshot
+        async with transaction(self._sessions) as session:
+            account = await session.get(BrokerAccount, snapshot.account_id)
+            if account is None:
+                log.info("snapshot for an unknown account", account_id=snapshot.account_id)
+                return
+            await killswitch.roll_day_start(session=session, account=account, snapshot=snapshot)
+            pending = await killswitch.still_to_flatten(session=session, account=account)
+        if pending:
+            log.info("killed bots not flat yet: close_all again", account_id=snapshot.account_id, bots=[c.bot_id for c in pending])
+            await self.publish_commands(pending)
+        await self.check_kill_switch(snapshot.account_id)
+
+    async def check_kill_switch(self, account_id: int, *, bot_ids: list[int] | None = None) -> list[int]:
+        """Kill the account's bots whose loss today passed their limit: status, reason, audit, close_all, metric, plan."""
+        async with self._account_lock(account_id), transaction(self._sessions) as session:
+            account = await session.get(BrokerAccount, account_id)
+            if account is None:
+                return []
+            tripped = await killswitch.check_kill_switch(
+                session=session, account=account, snapshot=self.snapshots.get(account_id), now=self._clock.now(), bot_ids=bot_ids
+            )
+        if not tripped:
+            return []
+        for bot, _ in tripped:
+            kill_switch_trips_total.inc()
+            log.warning("kill switch tripped", bot_id=bot.id, account_id=account_id, reason=bot.status_reason)
+        await self.publish_commands([command for _, command in tripped])
+        await self.refresh_plan_quietly()
+        return [bot.id for bot, _ in tripped]
+
+    async def refresh_plan_quietly(self) -> None:
+        """refresh_plan after a change that has committed already: a failure is logged, and the plan loop retries."""
+        try:
+            await self.refresh_plan()
+        except Exception as exc:  # noqa: BLE001  the change stands; the next interval publishes the plan
+            log.warning("scan plan refresh after a change failed", error=repr(exc))

@@ -73,13 +73,13 @@ async def user_for_key(*, session: AsyncSession, api_key: str) -> User | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def revoke_keys(*, session: AsyncSession, user_id: int) -> int:
+async def revoke_keys(*, session: AsyncSession, user_id: int, actor: str = "cli") -> int:
     """Revoke every live key of the user; return how many."""
     rows = (await session.execute(select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)))).scalars().all()
     now = utcnow()
     for row in rows:
         row.revoked_at = now
-        audit.record(session=session, kind="key", entity_id=row.id, user_id=user_id, message=f"api key {row.prefix}... revoked")
+        audit.record(session=session, kind="key", entity_id=row.id, user_id=user_id, actor=actor, message=f"api key {row.prefix}... revoked")
     await session.flush()
     return len(rows)
 
@@ -107,3 +107,19 @@ async def ensure_paper_account(*, session: AsyncSession, user_id: int) -> Broker
         after={"broker": "paper", "server_time": "utc"},
     )
     return account
+
+
+async def revoke_key(*, session: AsyncSession, user_id: int, key_id: int, actor: str) -> ApiKey | None:
+    """Revoke one of the user's keys (again is a no-op); None when the user has no key with this id."""
+    row = await session.get(ApiKey, key_id)
+    if row is None or row.user_id != user_id:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        audit.record(session=session, kind="key", entity_id=row.id, user_id=user_id, actor=actor, message=f"api key {row.prefix}... revoked")
+        await session.flush()
+    return row
+
+
+async def user_by_name(*, session: AsyncSession, name: str) -> User | None:
+    return (await session.execute(select(User).where(User.name == name.strip()))).scalar_one_or_none()

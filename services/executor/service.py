@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.executor import store
+from services.executor import store, trailing
 from services.executor.brokers.base import (
     RETRYABLE_RETCODES,
     BarFedBroker,
@@ -24,15 +25,29 @@ from services.executor.brokers.base import (
     OrderRequest,
     PlaceResult,
 )
+from services.executor.rules import PositionRules
+from shared.bars import Bars
 from shared.bus import topology
-from shared.bus.base import Bus, Consumer, Delivery, TransientError
+from shared.bus.base import Bus, Consumer, Delivery, TransientError, Unroutable
 from shared.db.engine import transaction
-from shared.db.models import AccountSnapshotRow, Order, Position
+from shared.db.models import AccountSnapshotRow, BotBlock, Order, Position
 from shared.logging import get_logger
-from shared.messages import AccountSnapshot, BarWindow, ExecutorCommand, InvalidMessage, Message, OrderIntent
+from shared.messages import (
+    AccountSnapshot,
+    BarColumns,
+    BarWindow,
+    ExecutorCommand,
+    InvalidMessage,
+    Message,
+    OrderIntent,
+    RatesReply,
+    RatesRequest,
+)
+from shared.rates import RATES, executor_rates_queue
 from shared.metrics import fills_total, orders_placed_total, signal_to_order_seconds
 from shared.settings import Settings
-from shared.symbols import UnknownSymbol, get_spec
+from shared.strategies.indicators import atr as atr_series
+from shared.symbols import SymbolSpec, UnknownSymbol, canonical_symbol, get_spec
 from shared.timeutil import Clock
 
 log = get_logger(__name__)
@@ -42,6 +57,11 @@ DEFAULT_DEVIATION = 20  # points; what an order resent from its row (no intent a
 # The monitor settles only orders untouched this long: a younger one may be in flight in another executor process
 # (a standby taking over); within this process the lock already keeps the monitor and the handlers apart.
 STUCK_AFTER = timedelta(seconds=30)
+# A snapshot row is stored when the account changed, or at least this often (wall clock: an accelerated demo runs
+# the monitor many times a real second, and the table must not grow by rows that say nothing new).
+SNAPSHOT_EVERY_S = 60.0
+BOT_KILLED = "bot_killed"
+ACCOUNT_WIDE = 0  # bot_blocks.bot_id of a kill for every bot of the account (close_all without a bot_id)
 
 
 def close_reason_for(reason: str) -> CloseReason:
@@ -70,6 +90,7 @@ class ExecutorService:
         broker: Broker | Mapping[int, Broker],
         account_ids: list[int],
         instance: str = "ex-1",
+        rules: PositionRules | None = None,
     ) -> None:
         self._bus = bus
         self._sessions = sessions
@@ -100,6 +121,12 @@ class ExecutorService:
         self._monitor_task: asyncio.Task | None = None
         self._started = False
         self._log = log.bind(instance=instance)
+        rules = rules or PositionRules()
+        self._trail_rule = rules.trail()
+        self._exit_rule = rules.exits()
+        self._windows: dict[str, Bars] = {}  # latest closed bars per canonical symbol (paper: trailing prices and ATR)
+        self._stored_snapshots: dict[int, tuple[tuple[float, ...], float]] = {}
+        self._stopping = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -108,30 +135,74 @@ class ExecutorService:
         if self._started:
             return
         self._started = True
+        self._stopping = False
+        for b, _ in self._broker_groups:
+            opener = getattr(b, "start", None)
+            if callable(opener):
+                await opener()  # MT5: opens the session; a live account without allow_live refuses to start here
         await self._restore_paper_brokers()
         await self.reconcile_unsettled()
+        async with self._lock:
+            await self._publish_closed_events()  # closes committed by a process that died before publishing them
+            for account_id in self._account_ids:
+                try:
+                    await self._sync_broker(account_id=account_id)
+                except Exception as exc:  # noqa: BLE001  the monitor tries again
+                    self._log.warning("start-up reconciliation with the broker failed", account_id=account_id, error=repr(exc))
         prefetch = self._settings.prefetch
         for account_id in self._account_ids:
             self._consumers.append(await self._bus.consume(topology.executor_orders_queue(account_id), self.handle_intent, prefetch=prefetch))
             self._consumers.append(
                 await self._bus.consume(topology.executor_commands_queue(account_id), self.handle_command, prefetch=prefetch)
             )
+        for account_id in self._account_ids:
+            if callable(getattr(self._brokers[account_id], "rates", None)):
+                # The rates RPC: market data's feed `mt5` asks the holder of the terminal session for bars.
+                self._consumers.append(await self._bus.consume(executor_rates_queue(account_id), self.handle_rates, prefetch=prefetch))
         if self._paper:
             self._consumers.append(await self._bus.consume(topology.executor_bars_queue(self._instance), self.handle_bars, prefetch=prefetch))
         self._monitor_task = asyncio.create_task(self._monitor_loop(), name=f"executor-monitor:{self._instance}")
         self._log.info("executor started", accounts=self._account_ids, paper=bool(self._paper))
 
     async def stop(self) -> None:
-        if self._monitor_task is not None:
-            self._monitor_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor_task
-            self._monitor_task = None
+        """Stop gracefully (SIGTERM): the broker call in flight finishes and its outcome is recorded; no order is left
+        in `sending` that the broker can answer for."""
+        self._stopping = True
+        # Graceful cancel: a handler in progress (broker call + its record) finishes first, nothing new starts.
         for consumer in self._consumers:
             await consumer.cancel()
         self._consumers.clear()
+        async with self._lock:
+            # A monitor cycle in progress has finished (we hold the lock): the task now only sleeps or waits for it.
+            if self._monitor_task is not None:
+                self._monitor_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._monitor_task
+                self._monitor_task = None
+            await self._settle_without_sending()
+        for b, _ in self._broker_groups:
+            closer = getattr(b, "aclose", None)
+            if callable(closer):
+                with contextlib.suppress(Exception):
+                    await closer()
         self._started = False
         self._log.info("executor stopped")
+
+    async def _settle_without_sending(self) -> None:
+        """On the way out: record what the broker says of each order still `sending`, expire the stale; never send."""
+        async with self._sessions() as session:
+            orders = await store.unsettled_orders(session=session, account_ids=self._account_ids)
+        for order in orders:
+            try:
+                found = await self._brokers[order.account_id].find_order(order.client_order_id, order.magic)
+                if found is not None and found.status == "filled":
+                    await self._record(order, found)
+                elif self._clock.now() >= order.expires_at:
+                    await self._expire(order)
+                else:
+                    self._log.error("order left in sending at stop: the broker does not know it yet", client_order_id=order.client_order_id)
+            except Exception as exc:  # noqa: BLE001  the next start reconciles it
+                self._log.error("order left in sending at stop", client_order_id=order.client_order_id, error=repr(exc))
 
     async def readiness(self) -> tuple[bool, dict]:
         """Ready when every broker session answers healthy and the database answers a query."""
@@ -147,8 +218,10 @@ class ExecutorService:
             db_ok = True
         except Exception:  # noqa: BLE001
             db_ok = False
+        sessions = [b.health_details() for b, _ in self._broker_groups if callable(getattr(b, "health_details", None))]
         details = {
             "broker": broker_ok,
+            "broker_sessions": sessions,
             "database": db_ok,
             "accounts": self._account_ids,
             "closes_not_recorded": len(self._pending_closes),
@@ -174,6 +247,28 @@ class ExecutorService:
         async with self._lock:
             await self._process_command(message)
 
+    async def handle_rates(self, message: Message, delivery: Delivery) -> None:
+        """Answer a rates request with the broker's closed M1 bars in UTC (no lock: it reads, it never trades)."""
+        if not isinstance(message, RatesRequest):
+            raise InvalidMessage(f"executor rates queue got a {type(message).__name__}, not a RatesRequest")
+        broker = self._brokers.get(message.account_id)
+        bars, error = None, ""
+        if broker is None:
+            error = f"account {message.account_id} is not served by executor {self._instance}"
+        elif message.timeframe != "1m":
+            error = f"only 1m bars are served, not {message.timeframe}"
+        else:
+            try:
+                bars = BarColumns.from_bars(await broker.rates(message.symbol, message.count))  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001  the asker gets the reason instead of a time-out
+                error = f"rates of {message.symbol} failed: {exc}"
+        reply = RatesReply(correlation_id=message.correlation_id, account_id=message.account_id, symbol=message.symbol,
+                           timeframe=message.timeframe, bars=bars, error=error)
+        try:
+            await self._bus.publish(reply, exchange=RATES, routing_key=message.reply_to)
+        except Unroutable:
+            self._log.info("rates reply dropped: the asker is gone", reply_to=message.reply_to)
+
     async def handle_bars(self, message: Message, delivery: Delivery) -> None:
         """Feed a closed-bar window to the paper broker and record the positions its stops and targets closed."""
         if not isinstance(message, BarWindow):
@@ -181,6 +276,7 @@ class ExecutorService:
         if message.timeframe != "1m" or not self._paper:
             return
         bars = message.bars.to_bars()
+        self._windows[canonical_symbol(message.symbol)] = bars
         async with self._lock:
             for paper, account_ids in self._paper:
                 for closed in await paper.on_bars(message.symbol, bars):
@@ -219,28 +315,118 @@ class ExecutorService:
                 next_at = now  # fell more than a cycle behind (slow broker, clock jump): do not run a burst of cycles
 
     async def _manage_positions(self, *, account_id: int) -> None:
-        """Seam for the position rules of a later issue (trailing stops, early exits), run before each snapshot.
+        """The position rules, each cycle: match the broker (closes it made, positions opened outside the engine), the
+        time stop, then the trailing stop (trailing.py: pure, shared with the backtester)."""
+        await self._sync_broker(account_id=account_id)
+        async with self._sessions() as session:
+            rows = [r for r in await store.open_positions(session=session, account_ids=[account_id]) if not r.external]
+        now = self._clock.now()
+        expired = [r for r in rows if trailing.time_stop_hit(opened_at=r.opened_at, now=now, rule=self._exit_rule)]
+        if expired:
+            self._log.info("time stop: closing", account_id=account_id, tickets=[r.ticket for r in expired])
+            await self._close_positions(account_id=account_id, rows=expired, reason="early_exit")
+        if self._trail_rule.mode == "off":
+            return
+        for row in rows:
+            if row in expired:
+                continue
+            try:
+                market = await self._market(account_id=account_id, symbol=row.symbol)
+                if market is None:
+                    continue
+                bid, ask, spec, atr = market
+                new_sl = trailing.trailing_stop(side=row.side, open_price=row.open_price, sl=row.sl, bid=bid, ask=ask, spec=spec,
+                                                rule=self._trail_rule, atr=atr)  # type: ignore[arg-type]
+                if new_sl is not None:
+                    self._log.info("trailing stop", ticket=row.ticket, sl_from=row.sl, sl_to=new_sl)
+                    await self._move_stop(row=row, sl=new_sl)
+            except Exception as exc:  # noqa: BLE001  one position's failure does not stop the others
+                self._log.warning("trailing stop failed", ticket=row.ticket, error=repr(exc))
 
-        A rule reads the open positions (store.open_positions) and the latest prices, and acts through the same
-        paths as the commands: `self._move_stop(...)` for a trail (publishes stop_moved) and
-        `self._close_positions(..., reason="trail" | "early_exit")` for an exit (publishes closed). Keep the rule
-        itself a pure function, shared with the backtester like fills.py.
-        """
+    async def _market(self, *, account_id: int, symbol: str) -> tuple[float, float, SymbolSpec, float | None] | None:
+        """(bid, ask, spec, ATR or None) for the trailing stop: the broker's quote (MT5), or the latest closed bar (paper)."""
+        broker = self._brokers[account_id]
+        want_atr = self._trail_rule.mode == "atr"
+        period = self._trail_rule.atr_period
+        quote = getattr(broker, "quote", None)
+        if callable(quote):
+            prices = await quote(symbol)
+            if prices is None:
+                return None
+            spec = await broker.spec(symbol)  # type: ignore[attr-defined]
+            bars = await broker.rates(symbol, period * 4 + 1) if want_atr else None  # type: ignore[attr-defined]
+            bid, ask = prices
+        else:
+            bars = self._windows.get(canonical_symbol(symbol))
+            if bars is None or len(bars) == 0:
+                return None
+            spec = get_spec(symbol)
+            bid = float(bars.close[-1])
+            ask = spec.round_price(bid + int(bars.spread[-1]) * spec.point)
+        atr = None
+        if want_atr and bars is not None and len(bars) > period:
+            atr = float(atr_series(bars.high, bars.low, bars.close, period)[-1])
+        return bid, ask, spec, atr
+
+    async def _sync_broker(self, *, account_id: int) -> None:
+        """Match the table with a broker that trades on its own (MT5): record the closes it made (stops, targets, a person)
+        and report positions opened outside the engine, as `external`, without ever touching them."""
+        broker = self._brokers[account_id]
+        find_close = getattr(broker, "find_close", None)
+        if not callable(find_close):
+            return  # the paper broker reports its closes itself (on_bars) and knows no other trader
+        live = {p.ticket: p for p in await broker.positions()}
+        accounts = self._session_accounts[account_id]
+        async with self._sessions() as session:
+            rows = await store.open_positions(session=session, account_ids=[account_id])
+            known = await store.position_tickets(session=session, account_ids=accounts)
+            ours = await store.existing_client_order_ids(session=session, client_order_ids=[p.comment for p in live.values()])
+        gone = []
+        for row in rows:
+            if row.ticket in live:
+                continue
+            closed = await find_close(row.ticket, "manual")
+            if closed is None:
+                gone.append(row)
+            else:
+                self._pending_closes.append((accounts, closed))
+        if gone:
+            await self._close_unknown(account_id=account_id, rows=gone, reason="manual")
+        strangers = [p for t, p in live.items() if t not in known and p.comment not in ours]
+        if strangers:
+            async with transaction(self._sessions) as session:
+                for p in strangers:
+                    session.add(Position(ticket=p.ticket, account_id=account_id, bot_id=None, client_order_id=None, symbol=p.symbol,
+                                         side=p.side, volume=p.volume, open_price=p.open_price, sl=p.sl, tp=p.tp,
+                                         opened_at=p.opened_at, external=True))
+            for p in strangers:
+                self._log.warning("position opened outside the engine: reported, never touched", account_id=account_id,
+                                  ticket=p.ticket, symbol=p.symbol, side=p.side, volume=p.volume, magic=p.magic, comment=p.comment)
+                async with self._sessions() as session:
+                    row = await store.get_position(session=session, account_ids=[account_id], ticket=p.ticket)
+                self._enqueue(topology.position_key(account_id), store.position_event(row, kind="opened", at=row.opened_at))
+            await self._drain()
+        await self._flush_closes()
 
     async def _snapshot(self, *, account_id: int) -> None:
         info = await self._brokers[account_id].account()
         now = self._clock.now()
-        async with transaction(self._sessions) as session:
-            session.add(
-                AccountSnapshotRow(
-                    account_id=account_id,
-                    balance=info.balance,
-                    equity=info.equity,
-                    margin=info.margin,
-                    margin_free=info.margin_free,
-                    taken_at=now,
+        values = (info.balance, info.equity, info.margin, info.margin_free)
+        stored = self._stored_snapshots.get(account_id)
+        wall = time.monotonic()
+        if stored is None or stored[0] != values or wall - stored[1] >= SNAPSHOT_EVERY_S:
+            async with transaction(self._sessions) as session:
+                session.add(
+                    AccountSnapshotRow(
+                        account_id=account_id,
+                        balance=info.balance,
+                        equity=info.equity,
+                        margin=info.margin,
+                        margin_free=info.margin_free,
+                        taken_at=now,
+                    )
                 )
-            )
+            self._stored_snapshots[account_id] = (values, wall)
         snapshot = AccountSnapshot(
             account_id=account_id,
             balance=info.balance,
@@ -266,6 +452,7 @@ class ExecutorService:
                         f"decision {intent.decision_id} already has order {clash.client_order_id}, not {intent.client_order_id}"
                     )
                 sl, tp = _round_stops(intent.symbol, intent.sl, intent.tp)
+                killed = await store.bot_block(session=session, account_id=intent.account_id, bot_id=intent.bot_id)
                 # Recorded (and committed) before the broker is ever called: step 4 of the idempotency chain.
                 order = Order(
                     decision_id=intent.decision_id,
@@ -279,17 +466,29 @@ class ExecutorService:
                     sl=sl,
                     tp=tp,
                     magic=intent.magic,
-                    status="sending",
+                    status="rejected" if killed is not None else "sending",
+                    reason=BOT_KILLED if killed is not None else "",
                     expires_at=intent.expires_at,
                     created_at=now,
                     updated_at=now,
                 )
                 session.add(order)
                 created = True
-        if order.status in store.FINAL_ORDER_STATUSES:
-            self._log.info("order intent seen again: re-publishing its outcome", client_order_id=order.client_order_id, status=order.status)
+        if created and order.status == "rejected":
+            orders_placed_total.labels(status="rejected").inc()
+            self._log.warning("order refused: the bot is killed until decision resumes it", client_order_id=order.client_order_id, bot_id=order.bot_id)
             await self._publish_outcome(order.id)
             return
+        if order.status in store.FINAL_ORDER_STATUSES:
+            if order.report_sent:
+                # The bus confirmed its report already: publishing it again would only make decision drop a copy.
+                self._log.info("order intent seen again: its report went out already", client_order_id=order.client_order_id, status=order.status)
+                return
+            self._log.info("order intent seen again: publishing its outcome", client_order_id=order.client_order_id, status=order.status)
+            await self._publish_outcome(order.id)
+            return
+        if created and self._exit_rule.opposite_signal:
+            await self._exit_on_opposite(intent)
         # `_settle` expires an intent already past its expiry without calling the broker.
         await self._settle(order, deviation=intent.deviation, produced_at=intent.produced_at, ask_broker_first=not created)
 
@@ -321,6 +520,11 @@ class ExecutorService:
         if now >= order.expires_at:
             await self._expire(order)
             return
+        async with self._sessions() as session:
+            killed = await store.bot_block(session=session, account_id=order.account_id, bot_id=order.bot_id)
+        if killed is not None:
+            await self._record(order, PlaceResult(status="rejected", reason=BOT_KILLED))
+            return
         request = OrderRequest(
             client_order_id=order.client_order_id,
             symbol=order.symbol,
@@ -330,10 +534,13 @@ class ExecutorService:
             tp=order.tp,
             magic=order.magic,
             deviation=deviation,
+            expires_at=order.expires_at,
         )
         if produced_at is not None:
-            # Measured on the injected clock, as decision stamps produced_at with it (real seconds x speed when accelerated).
-            signal_to_order_seconds.observe(max(0.0, (now - produced_at).total_seconds()))
+            # Decision stamps produced_at with the injected clock: an accelerated clock's seconds are divided by its
+            # speed, so the histogram is in real seconds in a replay too.
+            elapsed = (now - produced_at).total_seconds() / getattr(self._clock, "speed", 1.0)
+            signal_to_order_seconds.observe(max(0.0, elapsed))
         try:
             result = await broker.place(request)
         except BrokerUnavailable:
@@ -349,6 +556,15 @@ class ExecutorService:
                 row.updated_at = now
             raise TransientError(f"order {order.client_order_id} not placed ({result.retcode}: {result.reason}); retrying until it expires")
         await self._record(order, result)
+
+    async def _exit_on_opposite(self, intent: OrderIntent) -> None:
+        """Early exit on an opposite signal: the bot's positions on the symbol on the other side close first."""
+        async with self._sessions() as session:
+            rows = await store.open_positions(session=session, account_ids=[intent.account_id], bot_id=intent.bot_id, symbol=intent.symbol)
+        opposite = [r for r in rows if trailing.opposite_signal_exit(position_side=r.side, order_side=intent.side, rule=self._exit_rule)]  # type: ignore[arg-type]
+        if opposite:
+            self._log.info("opposite signal: closing", bot_id=intent.bot_id, symbol=intent.symbol, tickets=[r.ticket for r in opposite])
+            await self._close_positions(account_id=intent.account_id, rows=opposite, reason="early_exit")
 
     async def _expire(self, order: Order) -> None:
         async with transaction(self._sessions) as session:
@@ -441,9 +657,20 @@ class ExecutorService:
         await self._flush_closes()
         account_id = command.account_id
         reason = close_reason_for(command.reason)
+        if command.command == "resume_bot":
+            async with transaction(self._sessions) as session:
+                lifted = await store.lift_block(session=session, account_id=account_id, bot_id=command.bot_id or ACCOUNT_WIDE)
+            self._log.info("resume_bot: orders accepted again", account_id=account_id, bot_id=command.bot_id, was_blocked=lifted)
+            return
         if command.command == "close_all":
+            if reason == "kill_switch":
+                # Refuse the bot's orders from now on (persisted: it holds after a restart) until decision sends resume_bot.
+                async with transaction(self._sessions) as session:
+                    await store.block_bot(session=session, account_id=account_id, bot_id=command.bot_id or ACCOUNT_WIDE,
+                                          reason=command.reason, at=self._clock.now())
             async with self._sessions() as session:
                 rows = await store.open_positions(session=session, account_ids=[account_id], bot_id=command.bot_id)
+            rows = [r for r in rows if not r.external]  # positions opened outside the engine are never touched
             self._log.info("close_all", account_id=account_id, bot_id=command.bot_id, positions=len(rows), reason=reason)
             await self._close_positions(account_id=account_id, rows=rows, reason=reason)
             return
@@ -454,6 +681,8 @@ class ExecutorService:
         if row is None:
             raise InvalidMessage(f"{command.command}: no position {command.ticket} on account {account_id}")
         if command.command == "close_position":
+            if row.status == "open" and row.external:
+                raise InvalidMessage(f"close_position: {command.ticket} was opened outside the engine and is never touched")
             if row.status == "open":
                 await self._close_positions(account_id=account_id, rows=[row], reason=reason)
             else:
@@ -499,8 +728,7 @@ class ExecutorService:
                 closed.append(row)
         for row in closed:
             self._log.error("broker has no such position: marked closed without a price", account_id=account_id, ticket=row.ticket)
-            self._enqueue(topology.position_key(account_id), store.position_event(row, kind="closed", at=now))
-        await self._drain()
+        await self._publish_closed_events()
 
     async def _move_stop(self, *, row: Position, sl: float) -> None:
         if row.status != "open":
@@ -527,7 +755,7 @@ class ExecutorService:
         A close whose position row is not there yet (its order is still being reconciled) waits for the next flush.
         """
         if not self._pending_closes:
-            await self._drain()  # events of earlier closes that could not be published yet
+            await self._publish_closed_events()  # events of earlier closes that could not be published yet
             return
         remaining: list[tuple[tuple[int, ...], ClosedPosition]] = []
         events: list[Position] = []
@@ -546,17 +774,36 @@ class ExecutorService:
                     row.pnl = realised
                     self._log.warning("position partly closed", ticket=row.ticket, closed_volume=closed.volume, left=row.volume)
                     continue
+                reason = closed.reason
+                if reason == "sl" and row.client_order_id:
+                    # A stop that the trailing rule moved: the position was closed by the trail.
+                    order = await store.get_order(session=session, client_order_id=row.client_order_id)
+                    if order is not None and order.sl is not None and row.sl is not None and abs(row.sl - order.sl) > 1e-9:
+                        reason = "trail"
                 row.status = "closed"
                 row.close_price = closed.close_price
-                row.close_reason = closed.reason
+                row.close_reason = reason
                 row.closed_at = closed.closed_at
                 row.pnl = realised
                 events.append(row)
         self._pending_closes = remaining
         for row in events:
             self._log.info("position closed", ticket=row.ticket, reason=row.close_reason, price=row.close_price, pnl=row.pnl)
-            self._enqueue(topology.position_key(row.account_id), store.position_event(row, kind="closed", at=row.closed_at))
+        await self._publish_closed_events()
+
+    async def _publish_closed_events(self) -> None:
+        """Publish a `closed` event for every closed position whose event has not gone out, then mark it sent.
+
+        The close is committed first and published after; a process that dies in between publishes it on start-up
+        (same message id, so a consumer that saw it already drops the copy)."""
+        async with self._sessions() as session:
+            rows = await store.unsent_closes(session=session, account_ids=self._account_ids)
+        for row in rows:
+            self._enqueue(topology.position_key(row.account_id), store.position_event(row, kind="closed", at=row.closed_at or row.opened_at))
         await self._drain()
+        if rows:
+            async with transaction(self._sessions) as session:
+                await store.mark_close_events_sent(session=session, ids=[r.id for r in rows])
 
     def _enqueue(self, routing_key: str, message: Message) -> None:
         if all(queued.message_id != message.message_id for _, queued in self._outbox):

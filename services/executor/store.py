@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import AccountSnapshotRow, Order, Position
+from shared.db.models import AccountSnapshotRow, BotBlock, Order, Position
 from shared.messages import ExecutionReport, PositionEvent
 
 EVENT_NAMESPACE = uuid.UUID("0f7d6c2a-8e51-4d0b-b1f3-6a7c9e2d4b18")
@@ -65,6 +65,48 @@ async def magic_by_client_order_id(*, session: AsyncSession, client_order_ids: I
         return {}
     rows = await session.execute(select(Order.client_order_id, Order.magic).where(Order.client_order_id.in_(ids)))
     return {cid: magic for cid, magic in rows}
+
+
+async def position_tickets(*, session: AsyncSession, account_ids: Iterable[int]) -> set[int]:
+    """Every ticket the table knows on these accounts, open or closed."""
+    rows = await session.execute(select(Position.ticket).where(Position.account_id.in_(list(account_ids))))
+    return {t for (t,) in rows}
+
+
+async def existing_client_order_ids(*, session: AsyncSession, client_order_ids: Iterable[str]) -> set[str]:
+    ids = [c for c in client_order_ids if c]
+    if not ids:
+        return set()
+    rows = await session.execute(select(Order.client_order_id).where(Order.client_order_id.in_(ids)))
+    return {c for (c,) in rows}
+
+
+async def unsent_closes(*, session: AsyncSession, account_ids: Iterable[int]) -> list[Position]:
+    """Closed positions whose `closed` event has not been published yet (oldest first)."""
+    stmt = select(Position).where(
+        Position.account_id.in_(list(account_ids)), Position.status == "closed", Position.close_event_sent.is_(False)
+    )
+    return list((await session.execute(stmt.order_by(Position.closed_at, Position.id))).scalars())
+
+
+async def mark_close_events_sent(*, session: AsyncSession, ids: list[int]) -> None:
+    await session.execute(update(Position).where(Position.id.in_(ids)).values(close_event_sent=True))
+
+
+async def bot_block(*, session: AsyncSession, account_id: int, bot_id: int) -> BotBlock | None:
+    """The kill-switch block on this bot (or on its whole account), if any."""
+    stmt = select(BotBlock).where(BotBlock.account_id == account_id, BotBlock.bot_id.in_([bot_id, 0]))
+    return (await session.execute(stmt)).scalars().first()
+
+
+async def block_bot(*, session: AsyncSession, account_id: int, bot_id: int, reason: str, at: datetime) -> None:
+    if await session.get(BotBlock, (account_id, bot_id)) is None:
+        session.add(BotBlock(account_id=account_id, bot_id=bot_id, reason=reason[:200], blocked_at=at))
+
+
+async def lift_block(*, session: AsyncSession, account_id: int, bot_id: int) -> bool:
+    result = await session.execute(delete(BotBlock).where(BotBlock.account_id == account_id, BotBlock.bot_id == bot_id))
+    return bool(result.rowcount)
 
 
 async def latest_snapshots(*, session: AsyncSession, account_ids: Iterable[int]) -> list[AccountSnapshotRow]:

@@ -124,6 +124,8 @@ class MarketDataService:
         for symbol in old - new:
             self._states.pop(symbol, None)
             feed_stale.labels(symbol=symbol).set(0)
+        for symbol in new - old:
+            feed_stale.labels(symbol=symbol).set(0)  # the series exists from the first plan on (dashboards, alerts)
         if old != new:
             log.info("scan plan", symbols=sorted(new))
         self._plan = plan

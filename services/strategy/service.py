@@ -15,7 +15,7 @@ from shared.bus.base import Bus, Consumer, Delivery
 from shared.logging import get_logger
 from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, Signal, signal_id_for
 from shared.settings import Settings
-from shared.strategies.base import EvalContext, Match
+from shared.strategies.base import EvalContext, Match, WindowCache
 from shared.strategies.catalog import CATALOG, Catalog, InvalidParams
 from shared.symbols import UnknownSymbol, get_spec
 from shared.timeutil import Clock, SystemClock, from_epoch
@@ -45,7 +45,8 @@ def _window_bars(window: BarWindow) -> Bars:
 
 
 def _resolve(window: BarWindow, catalog: Catalog) -> list[list[_Entry]]:
-    """Each subscription's configs as catalog keys. Parameters the catalog refuses make the whole window invalid."""
+    """Each subscription's configs as catalog keys. A config the catalog cannot judge (unknown name, refused
+    parameters) becomes an error for that bot alone: the window's other bots still run."""
     plan = []
     for sub in window.subscriptions:
         entries, seen = [], set()
@@ -61,7 +62,12 @@ def _resolve(window: BarWindow, catalog: Catalog) -> list[list[_Entry]]:
             try:
                 params = catalog.parse_params(config.name, config.params)
             except InvalidParams as exc:
-                raise InvalidMessage(f"bot {sub.bot_id} on {sub.symbol}: {exc}") from None
+                metrics.strategy_errors_total.labels(strategy=config.name).inc()
+                log.warning("strategy_params_refused", strategy=config.name, bot_id=sub.bot_id, symbol=sub.symbol,
+                            window_id=str(window.message_id), error=str(exc))
+                problems = str(exc).removeprefix(f"{config.name}: ")
+                entries.append(_Entry(config.name, None, f"{config.name}: invalid parameters: {problems}"))
+                continue
             entries.append(_Entry(config.name, (config.name, params)))
         plan.append(entries)
     return plan
@@ -70,7 +76,8 @@ def _resolve(window: BarWindow, catalog: Catalog) -> list[list[_Entry]]:
 def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[list[Signal], ScanReport]:
     """Evaluate the window's strategies and build its Signals and ScanReport; pure apart from metrics and logs.
 
-    Raises InvalidMessage for a window that can never be handled (no bars, unknown symbol, refused parameters).
+    Raises InvalidMessage for a window that can never be handled (no bars, unknown symbol); a subscription's refused
+    parameters or unknown strategy are reported in that bot's `errors` and the others still run.
     """
     bar_time = None
     if window.bars.time:
@@ -84,7 +91,8 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
     except UnknownSymbol as exc:
         raise InvalidMessage(str(exc)) from None
     plan = _resolve(window, catalog)
-    ctx = EvalContext(spec=spec, levels=window.levels)
+    # One indicator cache per window: strategies that need ATR(14) (or any same indicator) on these bars share it.
+    ctx = EvalContext(spec=spec, levels=window.levels, cache=WindowCache(bars))
 
     results: dict[Key, Match | Exception | None] = {}
     for entries in plan:
@@ -119,8 +127,10 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
                 errors.append(f"{entry.name}: {type(result).__name__}: {result}")
                 continue
             timeframe = catalog.get(entry.name).timeframe
+            # A 5m strategy judges a 5m bar built from the window: the signal carries that bar's open time.
+            signal_bar_time = bar_time if result.bar_time is None else from_epoch(result.bar_time)
             signal_id = signal_id_for(
-                bot_id=sub.bot_id, symbol=sub.symbol, strategy=entry.name, timeframe=timeframe, bar_time=bar_time
+                bot_id=sub.bot_id, symbol=sub.symbol, strategy=entry.name, timeframe=timeframe, bar_time=signal_bar_time
             )
             try:
                 signal = Signal(
@@ -132,7 +142,7 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
                     timeframe=timeframe,
                     strategy=entry.name,
                     side=result.side,
-                    bar_time=bar_time,
+                    bar_time=signal_bar_time,
                     entry=result.entry,
                     stop=result.stop,
                     target=result.target,

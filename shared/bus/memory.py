@@ -28,6 +28,7 @@ from shared.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTERS, DECISION_EVENTS
 from shared.logging import get_logger
 from shared.messages import InvalidMessage, Message, decode
 from shared.metrics import consume_latency_seconds, dead_letters_total, publish_latency_seconds, unknown_fields_total
+from shared.telemetry import consume_span, mark_failed, publish_span
 
 log = get_logger(__name__)
 
@@ -136,15 +137,22 @@ class _Consumer:
             delivery_count=raw.delivery_count + 1,
             unknown_fields=tuple(unknown),
         )
-        try:
-            await self._handler(message, delivery)
-        except InvalidMessage as exc:
-            self._bus._dead_letter(q, raw, reason=f"invalid: {exc}")
-        except Exception as exc:  # noqa: BLE001  any other failure is retried, bounded by the delivery limit
-            log.warning("handler failed", queue=q.spec.name, error=repr(exc), delivery=delivery.delivery_count)
-            self._bus._requeue(q, raw, reason=f"{type(exc).__name__}: {exc}")
-        finally:
-            consume_latency_seconds.labels(queue=q.spec.name).observe(time.perf_counter() - started)
+        # The handler runs inside a CONSUMER span continuing the publisher's trace (W3C context in the headers).
+        with consume_span(
+            queue=q.spec.name, headers=raw.headers, message_type=type(message).type_name, system="memory",
+            delivery_count=delivery.delivery_count,
+        ) as span:
+            try:
+                await self._handler(message, delivery)
+            except InvalidMessage as exc:
+                mark_failed(span, exc, "dead_lettered")
+                self._bus._dead_letter(q, raw, reason=f"invalid: {exc}")
+            except Exception as exc:  # noqa: BLE001  any other failure is retried, bounded by the delivery limit
+                mark_failed(span, exc, "requeued")
+                log.warning("handler failed", queue=q.spec.name, error=repr(exc), delivery=delivery.delivery_count)
+                self._bus._requeue(q, raw, reason=f"{type(exc).__name__}: {exc}")
+            finally:
+                consume_latency_seconds.labels(queue=q.spec.name).observe(time.perf_counter() - started)
 
     async def cancel(self) -> None:
         """Stop taking messages; a handler in progress finishes first (graceful, like basic.cancel)."""
@@ -209,7 +217,10 @@ class InMemoryBus:
         return out
 
     async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
-        await self.publish_raw(message.encode(), exchange=exchange, routing_key=routing_key, headers={TYPE_HEADER: message.type_name, **(headers or {})})
+        carried = {TYPE_HEADER: message.type_name, **(headers or {})}
+        # A PRODUCER span (a new trace when no span is active) whose W3C context travels in the headers.
+        with publish_span(exchange=exchange, routing_key=routing_key, message_type=message.type_name, headers=carried, system="memory"):
+            await self.publish_raw(message.encode(), exchange=exchange, routing_key=routing_key, headers=carried)
 
     async def publish_raw(self, body: bytes, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish already-encoded bytes (tests use it to send malformed messages)."""

@@ -44,6 +44,7 @@ from shared.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTERS, EXCHANGES
 from shared.logging import get_logger
 from shared.messages import InvalidMessage, Message, decode
 from shared.metrics import consume_latency_seconds, dead_letters_total, publish_latency_seconds, unknown_fields_total
+from shared.telemetry import consume_span, mark_failed, publish_span
 
 log = get_logger(__name__)
 
@@ -232,22 +233,29 @@ class RabbitConsumer:
                 delivery_count=count,
                 unknown_fields=tuple(unknown),
             )
-            try:
-                await self._handler(decoded, delivery)
-            except InvalidMessage as exc:
-                await self._dead_letter(message, key, count=count, reason=f"invalid: {exc}")
-                return None
-            except Exception as exc:  # noqa: BLE001  any other failure is retried, bounded by the delivery limit
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning("handler failed", queue=self.spec.name, error=repr(exc), delivery=count, limit=self._delivery_limit)
-                if count >= self._delivery_limit:
-                    await self._dead_letter(message, key, count=count, reason=f"delivery limit {self._delivery_limit} reached; last error: {error}")
+            # The handler runs inside a CONSUMER span continuing the publisher's trace (W3C context in the headers).
+            with consume_span(
+                queue=self.spec.name, headers=headers, message_type=type(decoded).type_name, system="rabbitmq", delivery_count=count
+            ) as span:
+                try:
+                    await self._handler(decoded, delivery)
+                except InvalidMessage as exc:
+                    mark_failed(span, exc, "dead_lettered")
+                    await self._dead_letter(message, key, count=count, reason=f"invalid: {exc}")
                     return None
-                self._local_counts[key] = count
-                self._local_counts.move_to_end(key)
-                while len(self._local_counts) > _LOCAL_COUNTS_KEPT:
-                    self._local_counts.popitem(last=False)
-                return count
+                except Exception as exc:  # noqa: BLE001  any other failure is retried, bounded by the delivery limit
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.warning("handler failed", queue=self.spec.name, error=repr(exc), delivery=count, limit=self._delivery_limit)
+                    if count >= self._delivery_limit:
+                        mark_failed(span, exc, "dead_lettered")
+                        await self._dead_letter(message, key, count=count, reason=f"delivery limit {self._delivery_limit} reached; last error: {error}")
+                        return None
+                    mark_failed(span, exc, "requeued")
+                    self._local_counts[key] = count
+                    self._local_counts.move_to_end(key)
+                    while len(self._local_counts) > _LOCAL_COUNTS_KEPT:
+                        self._local_counts.popitem(last=False)
+                    return count
             await self._settle(message.ack, "ack")
             self._local_counts.pop(key, None)
             return None
@@ -554,11 +562,13 @@ class RabbitBus:
     # --- publishing ------------------------------------------------------------------------------------------
 
     async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
-        await self._send(
-            message.encode(), exchange=exchange, routing_key=routing_key,
-            headers={TYPE_HEADER: message.type_name, **(headers or {})},
-            message_id=str(message.message_id), type_name=message.type_name,
-        )
+        carried = {TYPE_HEADER: message.type_name, **(headers or {})}
+        # A PRODUCER span (a new trace when no span is active) whose W3C context travels in the headers.
+        with publish_span(exchange=exchange, routing_key=routing_key, message_type=message.type_name, headers=carried, system="rabbitmq"):
+            await self._send(
+                message.encode(), exchange=exchange, routing_key=routing_key, headers=carried,
+                message_id=str(message.message_id), type_name=message.type_name,
+            )
 
     async def publish_raw(self, body: bytes, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish already-encoded bytes (tests use it to send malformed messages)."""

@@ -60,6 +60,9 @@ class BrokerAccount(SQLModel, table=True):
     is_demo: bool = True
     is_active: bool = True
     max_volume: float | None = None
+    leverage: float = Field(default=100.0, description="the leverage the margin check assumes (0002)")
+    day_start_balance: float | None = Field(default=None, description="balance at the broker day's start, for the kill switch (0002)")
+    day_start_at: datetime | None = _time(default=None)
     created_at: datetime = _time(default_factory=utcnow)
 
 
@@ -88,6 +91,11 @@ class Bot(SQLModel, table=True):
     auto_trade: bool = False
     status: str = Field(default="active", max_length=16, description="active | paused | killed")
     status_reason: str = Field(default="", max_length=500)
+    max_spread_pips: float | None = Field(default=None, description="ignore signals whose bar spread is wider (0002)")
+    trading_hours: str = Field(default="", max_length=16, description="HH:MM-HH:MM UTC; empty: always (0002)")
+    correlation_check: bool = Field(default=True, description="refuse a second position the same way in a basket (0002)")
+    kill_switch_reset_at: datetime | None = _time(default=None)
+    deleted_at: datetime | None = _time(default=None)
     created_at: datetime = _time(default_factory=utcnow)
     updated_at: datetime = _time(default_factory=utcnow)
 
@@ -206,6 +214,7 @@ class Position(SQLModel, table=True):
     closed_at: datetime | None = _time(default=None)
     pnl: float | None = None
     external: bool = False
+    close_event_sent: bool = Field(default=False, description="the `closed` PositionEvent went out (republished on start-up until it has)")
 
 
 class AccountSnapshotRow(SQLModel, table=True):
@@ -217,6 +226,16 @@ class AccountSnapshotRow(SQLModel, table=True):
     margin: float
     margin_free: float
     taken_at: datetime = _time(index=True)
+
+
+class BotBlock(SQLModel, table=True):
+    """A bot the executor refuses orders for (decision's kill switch), until decision sends resume_bot."""
+
+    __tablename__ = "bot_blocks"
+    account_id: int = Field(primary_key=True)
+    bot_id: int = Field(primary_key=True)
+    reason: str = Field(default="kill_switch", max_length=200)
+    blocked_at: datetime = _time()
 
 
 # --- market data ------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -26,6 +26,9 @@ class Match:
     target: float
     score: float
     features: dict[str, Feature] = field(default_factory=dict)
+    # Open time (UTC epoch seconds) of the bar judged when it is not the window's last M1 bar: the harami engine
+    # judges a 5-minute bar built from the window. None: the window's last bar.
+    bar_time: int | None = None
 
     def __post_init__(self) -> None:
         if self.side == "buy":
@@ -40,12 +43,50 @@ class Match:
             raise ValueError(f"score {self.score} is outside [0, 1]")
 
 
+class WindowCache:
+    """Indicator arrays of one window, computed once and shared by every strategy that judges it.
+
+    Pure: a value is a function of the bars and the key only, and it is served only for the very Bars object the cache
+    was made for (any other bars, e.g. a strategy's own 5-minute bars, are computed afresh). The worker makes one per
+    window; evaluate() with no cache computes everything itself and gives the same answer.
+    """
+
+    __slots__ = ("_bars", "_values")
+
+    def __init__(self, bars: Bars) -> None:
+        self._bars = bars
+        self._values: dict[tuple, Any] = {}
+
+    def get(self, bars: Bars, key: tuple, compute: Callable[[], Any]) -> Any:
+        if bars is not self._bars:
+            return compute()
+        try:
+            return self._values[key]
+        except KeyError:
+            value = self._values[key] = compute()
+            return value
+
+
 @dataclass(frozen=True, slots=True)
 class EvalContext:
-    """What a strategy knows beside the bars: the symbol's spec and the previous broker day's levels (if sent)."""
+    """What a strategy knows beside the bars: the symbol's spec, the previous broker day's levels (if sent), and the
+    window's indicator cache (if the caller keeps one)."""
 
     spec: SymbolSpec
     levels: Levels | None = None
+    cache: WindowCache | None = field(default=None, compare=False)
+
+
+def cached(ctx: EvalContext, bars: Bars, key: tuple, compute: Callable[[], Any]) -> Any:
+    """`compute()`, or the window's cached value of `key` when `bars` is the window the context's cache serves."""
+    cache = ctx.cache
+    return compute() if cache is None else cache.get(bars, key, compute)
+
+
+def ramp(x: float, x0: float, x1: float) -> float:
+    """The clipped linear ramp: 0 at x0, 1 at x1 (x1 < x0 gives a falling ramp)."""
+    t = (x - x0) / (x1 - x0)
+    return 0.0 if t <= 0.0 else 1.0 if t >= 1.0 else t
 
 
 @dataclass(frozen=True, slots=True)

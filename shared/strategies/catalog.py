@@ -12,13 +12,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from shared.messages import StrategyConfig
-from shared.strategies import pinbar
+from shared.strategies import doji_breakout, harami, pinbar, range_reversion, trend_pullback
 from shared.strategies.base import StrategyDef
 
 MIN_LOOKBACK = 100  # architecture.md, "Lookback": the scan never fetches fewer than 100 closed bars
 
 _STRATEGIES: tuple[StrategyDef, ...] = (
     pinbar.STRATEGY,
+    trend_pullback.STRATEGY,
+    doji_breakout.STRATEGY,
+    range_reversion.STRATEGY,
+    harami.STRATEGY,
 )
 
 _PARAMS_CACHE_MAX = 4096

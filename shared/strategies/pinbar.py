@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.bars import Bars
-from shared.strategies.base import EvalContext, Match, StrategyDef
+from shared.strategies.base import EvalContext, Match, StrategyDef, cached
 from shared.strategies.indicators import atr, atr_warmup, round_levels, swing_points
 
 NAME = "price_action_pinbar"
@@ -116,7 +116,7 @@ def evaluate(bars: Bars, ctx: EvalContext, params: PinbarParams) -> Match | None
     if not (beyond_prev or extreme):
         return None
 
-    a = float(atr(bars.high, bars.low, bars.close, p.atr_period)[-1])
+    a = float(cached(ctx, bars, ("atr", p.atr_period), lambda: atr(bars.high, bars.low, bars.close, p.atr_period))[-1])
     if not a > 0.0:
         return None
     range_atr = rng / a

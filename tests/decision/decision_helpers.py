@@ -2,77 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 
-from shared.bus.base import Delivery, QueueSpec
+from shared.bus.base import Delivery
 from shared.db.engine import transaction
 from shared.db.models import Bot, BrokerAccount, User
 from shared.messages import Message, Signal, signal_id_for
 from shared.settings import Settings
+from tests.helpers import RecordingBus, RecordingConsumer, eventually  # noqa: F401  (re-exported to the decision tests)
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 
 
-class RecordingConsumer:
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    async def cancel(self) -> None:
-        self.cancelled = True
-
-
-class RecordingBus:
-    """The Bus protocol's shape, recording what is published and which handler consumes which queue."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.published: list[tuple[str, str, Message]] = []
-        self.handlers: dict[str, object] = {}
-
-    async def start(self) -> None:
-        self.started = True
-
-    async def close(self) -> None:
-        self.started = False
-
-    async def declare_queue(self, spec: QueueSpec) -> None:
-        pass
-
-    async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers=None) -> None:
-        self.published.append((exchange, routing_key, message))
-
-    async def consume(self, spec: QueueSpec, handler, *, prefetch=None) -> RecordingConsumer:
-        self.handlers[spec.name] = handler
-        return RecordingConsumer()
-
-    async def queue_depth(self, name: str) -> int:
-        return 0
-
-    async def healthy(self) -> bool:
-        return self.started
-
-    def sent(self, exchange: str) -> list[tuple[str, Message]]:
-        return [(key, msg) for ex, key, msg in self.published if ex == exchange]
-
-
 def delivery(message: Message, *, count: int = 1) -> Delivery:
     return Delivery(message=message, exchange="test", routing_key="test", redelivered=count > 1, delivery_count=count)
-
-
-async def eventually(check, *, timeout: float = 5.0) -> None:
-    """Poll `check` (sync or async) until it returns true, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the timeout")
-        await asyncio.sleep(0.005)
 
 
 def make_settings(**overrides) -> Settings:

@@ -48,6 +48,11 @@ def test_defaults_open_with_every_check_recorded():
         "max_concurrent_positions",
         "max_per_symbol",
         "max_trades_per_day",
+        "outside_trading_hours",
+        "spread_too_wide",
+        "netting_conflict",
+        "correlation_basket",
+        "margin_insufficient",
     ]
     assert all(c["passed"] for c in result.checks)
     score = next(c for c in result.checks if c["name"] == "score_below_min")

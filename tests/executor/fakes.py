@@ -8,64 +8,14 @@ from datetime import UTC, datetime, timedelta
 from services.executor.brokers.base import BrokerUnavailable, OrderRequest, PlaceResult
 from shared.bars import Bars
 from shared.bus import topology
-from shared.bus.base import Delivery, QueueSpec
-from shared.messages import BarColumns, BarWindow, ExecutorCommand, Message, OrderIntent
+from shared.messages import BarColumns, BarWindow, ExecutorCommand, OrderIntent
 from shared.settings import Settings
 from shared.timeutil import to_epoch
+from tests.helpers import RecordingBus, RecordingConsumer  # noqa: F401  (re-exported to the executor tests)
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=3, seconds=1)  # just after the 10:02 bar closed
 ACCOUNT = 1
-
-
-class RecordingConsumer:
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    async def cancel(self) -> None:
-        self.cancelled = True
-
-
-class RecordingBus:
-    """The Bus protocol's shape: records what is published, keeps each queue's handler, can fail publishes on demand."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, str, Message]] = []
-        self.handlers: dict[str, object] = {}
-        self.fail_publishes = 0
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def declare_queue(self, spec: QueueSpec) -> None:
-        pass
-
-    async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers=None) -> None:
-        if self.fail_publishes:
-            self.fail_publishes -= 1
-            raise ConnectionError("bus unreachable (test)")
-        self.published.append((exchange, routing_key, message))
-
-    async def consume(self, spec: QueueSpec, handler, *, prefetch=None) -> RecordingConsumer:
-        self.handlers[spec.name] = handler
-        return RecordingConsumer()
-
-    async def queue_depth(self, name: str) -> int:
-        return 0
-
-    async def healthy(self) -> bool:
-        return True
-
-    async def deliver(self, queue: str, message: Message, *, count: int = 1) -> None:
-        """Hand `message` to the queue's handler as the bus would (exceptions propagate to the test)."""
-        delivery = Delivery(message=message, exchange="test", routing_key="test", redelivered=count > 1, delivery_count=count)
-        await self.handlers[queue](message, delivery)
-
-    def of(self, kind: type[Message], *, routing_key: str | None = None) -> list:
-        return [m for _, key, m in self.published if isinstance(m, kind) and (routing_key is None or key == routing_key)]
 
 
 class CountingBroker:

@@ -120,3 +120,76 @@ def assert_same(a: Match | None, b: Match | None, where: str) -> None:
         x, y = getattr(a, field), getattr(b, field)
         assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {field} {x} vs {y}"
     assert a.features["level_kind"] == b.features["level_kind"], where
+
+
+def regime_bars(seed: int, n: int, *, start: float = 2000.0, t0: int = T0) -> Bars:
+    """A gold-like M1 walk that switches between trends, tight ranges and quiet dojis every few dozen bars, with the
+    odd missing minute: every strategy of the catalog fires on it (test_strategy_properties.py checks so)."""
+    rng = np.random.default_rng(seed)
+    rows, times = [], []
+    close, t = start + rng.uniform(0, 5), t0
+    drift, vol, left = 0.0, 1.0, 0
+    for _ in range(n):
+        if left == 0:
+            kind = rng.choice(["trend", "range", "quiet"], p=[0.45, 0.35, 0.2])
+            drift = rng.choice([-1, 1]) * rng.uniform(0.2, 0.6) if kind == "trend" else 0.0
+            vol = {"trend": 1.0, "range": 0.8, "quiet": 0.35}[kind] * rng.uniform(0.7, 1.3)
+            left = int(rng.integers(20, 120))
+        left -= 1
+        op = close
+        cl = op + drift + rng.normal(0, vol)
+        if drift == 0.0:
+            cl += 0.05 * (start - cl)  # ranges revert
+        if rng.random() < 0.12:
+            cl = op + rng.normal(0, 0.02)  # a doji
+        hi = max(op, cl) + rng.exponential(0.3 * vol)
+        lo = min(op, cl) - rng.exponential(0.3 * vol)
+        rows.append((op, hi, lo, cl))
+        times.append(t)
+        close = cl
+        t += 120 if rng.random() < 0.02 else 60  # now and then a missing minute
+    opens, highs, lows, closes = (list(col) for col in zip(*rows, strict=True))
+    return Bars.from_columns(time=times, open=opens, high=highs, low=lows, close=closes)
+
+
+def m1_from_5m(rows: list[Row], t0: int = T0) -> Bars:
+    """Five M1 bars per 5m row (t0 must be on a 5-minute boundary) that aggregate back to exactly that row."""
+    assert t0 % 300 == 0
+    m1: list[Row] = []
+    for o, h, lo, c in rows:
+        m1 += [(o, h, lo, o), (o, o, o, o), (o, o, o, o), (o, o, o, o), (o, max(o, c), min(o, c), c)]
+    opens, highs, lows, closes = (list(col) for col in zip(*m1, strict=True))
+    return Bars.from_columns(time=[t0 + 60 * i for i in range(len(m1))], open=opens, high=highs, low=lows, close=closes)
+
+
+def harami_after_a_fall(background_bars: int = 380) -> list[Row]:
+    """5m rows: a quiet background (range 1.0), a fall of five black bars, a long black mother, a small white baby
+    inside its body: TA-Lib's CDLHARAMI says +100 and the fall is well over 3 ATR."""
+    rows = [FLAT, (2002.6, 2003.0, 2002.0, 2002.4)] * (background_bars // 2)
+    level = 2002.6
+    for _ in range(5):
+        rows.append((level, level + 0.1, level - 1.1, level - 1.0))
+        level -= 1.0
+    rows.append((level, level + 0.1, level - 2.6, level - 2.5))  # the mother: body 2.5
+    rows.append((level - 1.6, level - 1.3, level - 1.9, level - 1.5))  # the baby: body 0.1, inside 2.5 below the open
+    return rows
+
+
+def assert_same_match(a: Match | None, b: Match | None, where: str) -> None:
+    """Same side, judged bar and text features; prices, scores and numeric features within 1e-9 relative."""
+    assert (a is None) == (b is None), f"{where}: {a} vs {b}"
+    if a is None or b is None:
+        return
+    assert (a.side, a.bar_time) == (b.side, b.bar_time), where
+    for field in ("entry", "stop", "target", "score"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {field} {x} vs {y}"
+    assert a.features.keys() == b.features.keys(), where
+    for key, x in a.features.items():
+        y = b.features[key]
+        if isinstance(x, float) and isinstance(y, float):
+            # score components live in [0, 1]: one near 0 (1 minus a ratio near 1) is held to 1e-9 absolute
+            floor = 1e-9 if key.startswith("score_") else 1e-12
+            assert math.isclose(x, y, rel_tol=1e-9, abs_tol=floor), f"{where}: feature {key} {x} vs {y}"
+        else:
+            assert x == y, f"{where}: feature {key} {x!r} vs {y!r}"

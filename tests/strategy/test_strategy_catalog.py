@@ -8,22 +8,29 @@ from fastapi import FastAPI
 
 from services.strategy.app import create_router
 from shared.messages import StrategyConfig
-from shared.strategies import catalog, pinbar
+from shared.strategies import catalog, doji_breakout, harami, pinbar, range_reversion, trend_pullback
 from shared.strategies.catalog import Catalog, InvalidParams
 
 PINBAR = "price_action_pinbar"
+SCALPER = ["doji_breakout", PINBAR, "range_reversion", "trend_pullback"]
+# Declared lookbacks of the defaults (measured and proved in test_strategy_lookback.py).
+LOOKBACKS = {PINBAR: 357, "trend_pullback": 741, "doji_breakout": 357, "range_reversion": 431, "harami": 1795}
 
 
 def test_get_names_a_strategy_or_lists_the_known_ones():
     assert catalog.get(PINBAR) is pinbar.STRATEGY
-    with pytest.raises(KeyError, match="unknown strategy 'pin_bar'; known strategies: price_action_pinbar"):
+    with pytest.raises(KeyError, match="unknown strategy 'pin_bar'; known strategies: doji_breakout, harami, price_action_pinbar, "):
         catalog.get("pin_bar")
 
 
 def test_names_by_engine():
-    assert catalog.names() == [PINBAR]
-    assert catalog.names("harami") == []
-    assert catalog.names(None) == [PINBAR]
+    assert catalog.names() == catalog.names("scalper") == SCALPER
+    assert catalog.names("harami") == ["harami"]
+    assert catalog.names(None) == sorted([*SCALPER, "harami"])
+    assert catalog.get("harami").timeframe == "5m"
+    assert {catalog.get(name).timeframe for name in SCALPER} == {"1m"}
+    assert [catalog.get(n) for n in ("trend_pullback", "doji_breakout", "range_reversion", "harami")] == [
+        trend_pullback.STRATEGY, doji_breakout.STRATEGY, range_reversion.STRATEGY, harami.STRATEGY]
 
 
 def test_validate_params_fills_the_defaults():
@@ -72,12 +79,42 @@ def test_a_catalog_refuses_two_strategies_of_one_name():
 
 
 def test_describe_serves_names_schemas_and_defaults():
-    [entry] = catalog.describe()
+    entries = {entry["name"]: entry for entry in catalog.describe()}
+    assert sorted(entries) == sorted([*SCALPER, "harami"])
+    entry = entries[PINBAR]
     assert (entry["name"], entry["engine"], entry["timeframe"], entry["lookback"]) == (PINBAR, "scalper", "1m", 357)
     props = entry["params_schema"]["properties"]
     assert props["level_atr"]["default"] == 0.3 and props["level_atr"]["maximum"] == 2.0
     assert entry["params_schema"]["additionalProperties"] is False
     assert entry["defaults"]["swing_horizon"] == 120
+    assert {name: e["lookback"] for name, e in entries.items()} == LOOKBACKS
+    assert (entries["harami"]["engine"], entries["harami"]["timeframe"]) == ("harami", "5m")
+    for name, e in entries.items():
+        assert e["summary"] and e["params_schema"]["additionalProperties"] is False, name
+        assert e["defaults"] == catalog.get(name).Params().model_dump(mode="json"), name
+        for field, value in e["defaults"].items():  # every parameter is served with its default
+            assert e["params_schema"]["properties"][field]["default"] == value, (name, field)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("trend_pullback", {"fast_ema": 60}, "must be shorter than slow_ema"),
+        ("trend_pullback", {"pullback_atr": -1}, "greater than or equal to 0"),
+        ("doji_breakout", {"stop_at": "far"}, "stop_at: Input should be 'edge' or 'mid'"),
+        ("range_reversion", {"adx_max": 120}, "adx_max: Input should be less than or equal to 100"),
+        ("harami", {"weight_move": 0.9}, "must sum to 1"),
+    ],
+)
+def test_each_strategy_refuses_bad_parameters(name, params, message):
+    with pytest.raises(InvalidParams, match=message):
+        catalog.validate_params(name, params)
+
+
+def test_lookback_for_the_scalper_engine_is_its_longest_strategy():
+    configs = [StrategyConfig(name=n) for n in SCALPER]
+    assert catalog.lookback_for(configs) == 741  # trend_pullback's EMA(50)
+    assert catalog.lookback_for([StrategyConfig(name="harami")]) == 1795
 
 
 async def test_get_strategies_answers_the_list_shape():
@@ -87,6 +124,8 @@ async def test_get_strategies_answers_the_list_shape():
         answer = await client.get("/api/v1/strategies")
     assert answer.status_code == 200
     body = answer.json()
-    assert body["count"] == 1 and body["next_cursor"] is None
-    assert body["data"][0]["name"] == PINBAR
-    assert body["data"][0]["params_schema"]["properties"]["target_r"]["default"] == 2.0
+    assert body["count"] == 5 and body["next_cursor"] is None
+    data = {entry["name"]: entry for entry in body["data"]}
+    assert sorted(data) == sorted([*SCALPER, "harami"])
+    assert data[PINBAR]["params_schema"]["properties"]["target_r"]["default"] == 2.0
+    assert data["harami"]["timeframe"] == "5m" and data["trend_pullback"]["lookback"] == 741

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ConfigDict, Field
-from strategy_testkit import FLAT, make_bars, pin_at_swing_low
+from strategy_testkit import FLAT, harami_after_a_fall, m1_from_5m, make_bars, pin_at_swing_low
 
 from services.strategy.service import StrategyWorker
 from shared.bars import Bars
@@ -24,7 +24,7 @@ from shared.messages import (
     signal_id_for,
 )
 from shared.settings import Settings
-from shared.strategies import pinbar
+from shared.strategies import harami, pinbar
 from shared.strategies.base import EvalContext, Match, StrategyDef
 from shared.strategies.catalog import Catalog
 from shared.timeutil import ManualClock, from_epoch
@@ -66,7 +66,7 @@ def calls() -> list:
 
 @pytest.fixture
 def worker(calls) -> StrategyWorker:
-    catalog = Catalog([pinbar.STRATEGY, counting_strategy(calls), raising_strategy()])
+    catalog = Catalog([pinbar.STRATEGY, harami.STRATEGY, counting_strategy(calls), raising_strategy()])
     return StrategyWorker(bus=FakeBus(), settings=Settings(prefetch=7), catalog=catalog, clock=ManualClock(NOW))
 
 
@@ -140,10 +140,19 @@ async def test_a_raising_strategy_is_counted_and_the_others_still_run(worker, ca
 
 
 @pytest.mark.parametrize("params", [{"threshold": "high"}, {"threshold": 2.0}, {"thresold": 0.5}])
-async def test_a_malformed_subscription_parameter_is_an_invalid_message(worker, params):
-    window = window_of(sub(1, ("counting", {})), sub(2, ("counting", params)))
-    with pytest.raises(InvalidMessage, match="bot 2 on XAUUSDm: counting: thres"):
-        await worker.handle_window(window)
+async def test_a_malformed_subscription_parameter_is_that_bots_error_and_the_others_still_run(worker, calls, params):
+    before = metric("strategy_errors_total", strategy="counting")
+    window = window_of(sub(1, ("counting", {})), sub(2, ("counting", params), ("price_action_pinbar", {})),
+                       sub(3, ("counting", {"threshold": 0.7})))
+    signals, report = await worker.handle_window(window)
+
+    assert [(s.bot_id, s.score) for s in signals] == [(1, 0.5), (3, 0.7)]
+    bot1, bot2, bot3 = report.bots
+    assert bot1.errors == () and bot3.errors == ()
+    assert bot2.strategies == ("price_action_pinbar",) and bot2.signal_ids == ()
+    [error] = bot2.errors
+    assert error.startswith("counting: invalid parameters: thres")
+    assert metric("strategy_errors_total", strategy="counting") == before + 1
 
 
 async def test_an_unknown_strategy_is_reported_for_its_bot_and_the_rest_run(worker, calls):
@@ -161,6 +170,23 @@ async def test_the_real_pinbar_through_the_worker(worker):
     assert [(s.bot_id, s.side, s.features["level_kind"]) for s in signals] == [(1, "buy", "swing_low")]
     assert signals[0].stop < 2001.1 < signals[0].entry < signals[0].target
     assert report.bots[1].strategies == ("price_action_pinbar",) and report.bots[1].signal_ids == ()
+
+
+async def test_a_harami_subscription_is_judged_on_its_5m_bars_and_stamped_5m(worker):
+    m1 = m1_from_5m(harami_after_a_fall())
+    window = window_of(sub(1, ("harami", {})), sub(2, ("counting", {})), bars=m1)
+    signals, report = await worker.handle_window(window)
+    by_strategy = {s.strategy: s for s in signals}
+    five, one = by_strategy["harami"], by_strategy["counting"]
+    baby_open = from_epoch(int(m1.time[-1]) - 240)  # the 5m bar that the window's last M1 bar completes
+    assert (five.timeframe, five.bar_time, five.side) == ("5m", baby_open, "buy")
+    assert five.signal_id == signal_id_for(bot_id=1, symbol="XAUUSDm", strategy="harami", timeframe="5m",
+                                           bar_time=baby_open)
+    assert (one.timeframe, one.bar_time) == ("1m", bar_time_of(window))
+    assert report.bar_time == bar_time_of(window) and report.bots[0].signal_ids == (five.signal_id,)
+    # One M1 bar earlier no 5m bar completes: the harami bot is scanned and gets nothing.
+    signals, report = await worker.handle_window(window_of(sub(1, ("harami", {})), bars=m1[:-1]))
+    assert signals == [] and report.bots[0].strategies == ("harami",) and report.bots[0].errors == ()
 
 
 async def test_no_match_still_reports_every_bot(worker):

@@ -50,6 +50,7 @@ class OrderRequest:
     tp: float | None
     magic: int
     deviation: int = 20
+    expires_at: datetime | None = None  # a requote may be retried with a fresh price until then, never after
 
 
 @dataclass(frozen=True, slots=True)

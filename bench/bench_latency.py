@@ -1,0 +1,363 @@
+"""Latency benchmark: a BarWindow's publish to its order's broker call, p50 and p99, distributed and embedded.
+
+Distributed: decision, executor and strategy as `scalper serve` processes on RabbitMQ (a vhost of the run) and
+PostgreSQL (a database of the run). Embedded: the same services in this process on the in-memory bus and SQLite.
+
+Each sample is one real gold-file window whose strategies match, shifted to the present and published for one
+fresh bot (its own paper account, so no risk limit refuses it); the latency runs from the publish to the executor
+recording the order as `sending`, the step just before it calls the broker (the executor's clock is the wall clock
+here: SCALPER_CLOCK_START = SCALPER_CLOCK_ANCHOR, speed 1). Also: in aligned mode, bar close to BarWindow publish
+(the 1 s scan delay plus the scan's own time), and each service process's memory (RSS).
+
+    .venv/bin/python bench/bench_latency.py [--samples 100] [--skip-embedded] [--skip-distributed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import select  # noqa: E402
+
+from services.decision.bots import ensure_demo, setup_bot  # noqa: E402
+from services.decision.plan import build_plan  # noqa: E402
+from services.market_data.feeds.replay import ReplayFeed  # noqa: E402
+from services.strategy.service import scan_window  # noqa: E402
+from shared.bus import topology  # noqa: E402
+from shared.db.engine import create_engine, session_factory, transaction, upgrade  # noqa: E402
+from shared.db.models import BrokerAccount, Decision, Order, SignalRow, User  # noqa: E402
+from shared.messages import BarColumns, BarWindow  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.strategies.catalog import CATALOG, lookback_for  # noqa: E402
+
+BOT_SYMBOL = "XAUUSDm"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def prepare_database(url: str, bots: int):
+    """Migrate, create the demo user and `bots` paper accounts with one XAUUSD bot each; the plan's XAUUSD entry."""
+    await asyncio.to_thread(upgrade, url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    async with transaction(sessions) as session:
+        await ensure_demo(session=session)
+        demo = (await session.execute(select(User).where(User.name == "demo"))).scalar_one()
+        for i in range(bots):
+            account = BrokerAccount(user_id=demo.id, name=f"bench-{i}", broker="paper", server_time="utc", is_demo=True, is_active=True)
+            session.add(account)
+            await session.flush()
+            await setup_bot(session=session, user_id=demo.id, account_id=account.id, symbol=BOT_SYMBOL, auto_trade=True, strategies=None)
+    async with sessions() as session:
+        plan = await build_plan(session=session, lookback_for=lookback_for, min_lookback=100)
+    entry = next(p for p in plan.symbols if p.symbol == "XAUUSD")
+    return engine, sessions, entry
+
+
+def matching_windows(gold: Path, entry, count: int) -> list[BarWindow]:
+    """Gold windows whose strategies match for the first subscription (a signal, so possibly an order)."""
+    feed = ReplayFeed(gold, "XAUUSD")
+    at = feed.start_time()
+    sub = entry.subscriptions[0]
+    out: list[BarWindow] = []
+    while len(out) < count:
+        bars = feed.closed_bars("XAUUSD", until=at, count=entry.lookback)
+        window = BarWindow(symbol="XAUUSD", bars=BarColumns.from_bars(bars), closed_through=at, source="bench", subscriptions=(sub,))
+        signals, _ = scan_window(window, catalog=CATALOG, now=at)
+        if signals:
+            out.append(window)
+        at += timedelta(minutes=1)
+        if at > feed.ends_at():
+            break
+    return out
+
+
+def shifted(window: BarWindow, sub, closed_through: datetime) -> BarWindow:
+    """The window moved in time so its newest bar closes at `closed_through`, for one subscription, as a new message."""
+    shift = int((closed_through - window.closed_through).total_seconds())
+    bars = window.bars.model_copy(update={"time": [t + shift for t in window.bars.time]})
+    return BarWindow(symbol=window.symbol, bars=bars, closed_through=closed_through, source="bench", subscriptions=(sub,))
+
+
+async def measure(
+    bus, sessions, entry, windows: list[BarWindow], *, timeout_s: float = 5.0, brokers: dict | None = None
+) -> tuple[list[float], int]:
+    """Publish each window for its own bot; the wall time until that bot's order reaches the broker (in-process
+    brokers: the call itself) or is recorded as `sending` (separate processes: read from the orders table)."""
+    latencies: list[float] = []
+    missed = 0
+    for window, sub in zip(windows, entry.subscriptions, strict=False):
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        message = shifted(window, sub, now)
+        t0 = time.time()
+        await bus.publish(message, exchange=topology.MARKET_BARS, routing_key=topology.bars_key("1m", "XAUUSD"))
+        broker_ms = None
+        if brokers is not None:
+            broker = brokers[sub.account_id]
+            try:
+                await asyncio.wait_for(broker.called.wait(), timeout_s)
+                broker_ms = (broker.called_at - t0) * 1000
+            except TimeoutError:
+                missed += 1
+                continue
+        deadline = time.monotonic() + timeout_s
+        order = None
+        while time.monotonic() < deadline:
+            async with sessions() as session:
+                order = (await session.execute(select(Order).where(Order.bot_id == sub.bot_id))).scalars().first()
+            if order is not None:
+                break
+            await asyncio.sleep(0.002 if brokers is None else 0.02)
+        if order is None:
+            missed += 1
+            continue
+        latencies.append(broker_ms if broker_ms is not None else (order.created_at.timestamp() - t0) * 1000)
+        async with sessions() as session:
+            signal = (await session.execute(select(SignalRow).where(SignalRow.bot_id == sub.bot_id))).scalars().first()
+            decision = (await session.execute(select(Decision).where(Decision.bot_id == sub.bot_id))).scalars().first()
+        if signal is not None and decision is not None:
+            STAGES.append(((signal.created_at.timestamp() - t0) * 1000, (order.created_at - signal.created_at).total_seconds() * 1000))
+    return latencies, missed
+
+
+STAGES: list[tuple[float, float]] = []  # (publish -> signal stored, signal stored -> order recorded) per sample
+
+
+# --- distributed ---------------------------------------------------------------------------------------------
+
+
+def distributed(gold: Path, samples: int) -> dict:
+    from shared.bus.rabbitmq import RabbitBus
+    from tests.distributed import cluster as kit
+
+    vhost = kit.add_vhost()
+    url = kit.create_database()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    cluster = None
+
+    async def prepare():
+        engine, _, entry = await prepare_database(url, samples)
+        await engine.dispose()
+        return entry
+
+    async def run(entry) -> tuple[list[float], int]:
+        engine = create_engine(url)
+        sessions = session_factory(engine)
+        bus = RabbitBus(kit.amqp_url(vhost))
+        await bus.start()
+        try:
+            await measure(bus, sessions, entry, windows[:3])  # warm-up: the first connections and queries
+            rest = entry.model_copy(update={"subscriptions": entry.subscriptions[3:]})
+            return await measure(bus, sessions, rest, windows[3:])
+        finally:
+            await bus.close()
+            await engine.dispose()
+
+    try:
+        entry = asyncio.run(prepare())
+        windows = matching_windows(gold, entry, samples)
+        now = datetime.now(UTC)
+        env = kit.base_env(
+            bus_url=kit.amqp_url(vhost), database_url=url, feed=f"replay:{gold}", clock_start=now, speed=1.0,
+            ORDER_TTL_S=60, SCAN_INTERVAL_S=3600, MONITOR_INTERVAL_S=3600, LOG_LEVEL="WARNING",
+        )
+        env["SCALPER_CLOCK_ANCHOR"] = env["SCALPER_CLOCK_START"]  # simulated time = wall time
+        cluster = kit.Cluster(env=env, log_dir=workdir)
+        cluster.start("decision")
+        cluster.start("executor")
+        cluster.start("strategy")
+        latencies, missed = asyncio.run(run(entry))
+        rss = {p.name: rss_mb(p.popen.pid) for p in cluster.procs}
+        return {"latencies": latencies, "missed": missed, "rss": rss}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        kit.delete_vhost(vhost)
+        kit.drop_database(url)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- embedded ------------------------------------------------------------------------------------------------
+
+
+async def embedded(gold: Path, samples: int) -> dict:
+    from scalper.serve import SharedClock
+    from services.decision.service import DecisionService
+    from services.executor.brokers.paper import PaperBroker
+    from services.executor.service import ExecutorService
+    from services.strategy.service import StrategyWorker
+    from shared.bus import create_bus
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-latency-embedded-"))
+    url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    settings = Settings(
+        database_url=url, bus_url="memory://", order_ttl_s=60, scan_interval_s=3600, monitor_interval_s=3600, log_level="WARNING"
+    )
+    engine, sessions, entry = await prepare_database(url, samples)
+    windows = matching_windows(gold, entry, samples)
+    now = datetime.now(UTC)
+    clock = SharedClock(now, now, 1.0)
+    bus = create_bus("memory://", delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
+    await bus.start()
+    async with sessions() as session:
+        accounts = list((await session.execute(select(BrokerAccount).where(BrokerAccount.is_active))).scalars())
+    class TimedPaperBroker(PaperBroker):
+        """The paper broker, noting when it is first called to place an order."""
+
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self.called = asyncio.Event()
+            self.called_at = 0.0
+
+        async def place(self, request):
+            if not self.called.is_set():
+                self.called_at = time.time()
+                self.called.set()
+            return await super().place(request)
+
+    brokers = {a.id: TimedPaperBroker(clock=clock, balance=settings.paper_balance) for a in accounts}
+    # The embedded stack's wiring (scalper/embedded.py), less market data: the bench publishes the windows.
+    executor = ExecutorService(bus=bus, sessions=sessions, clock=clock, settings=settings, broker=brokers, account_ids=list(brokers))
+    decision = DecisionService(bus=bus, sessions=sessions, clock=clock, settings=settings)
+    strategy = StrategyWorker(bus=bus, settings=settings)
+    for service in (executor, decision, strategy):
+        await service.start()
+    try:
+        await measure(bus, sessions, entry, windows[:3], brokers=brokers)
+        rest = entry.model_copy(update={"subscriptions": entry.subscriptions[3:]})
+        latencies, missed = await measure(bus, sessions, rest, windows[3:], brokers=brokers)
+    finally:
+        for service in (strategy, decision, executor):
+            await service.stop()
+        await bus.close()
+        await engine.dispose()
+    return {"latencies": latencies, "missed": missed}
+
+
+# --- aligned scan: bar close to BarWindow publish -------------------------------------------------------------
+
+
+async def aligned_scan(symbol_counts=(1, 11)) -> list[tuple[int, float, float]]:
+    """The scan's own time (wall) for n symbols on the synthetic feed; bar close to publish = 1 s delay + this."""
+    from services.market_data.feeds.synthetic import SyntheticFeed
+    from services.market_data.service import MarketDataService
+    from shared.bus import create_bus
+    from shared.messages import PlanSymbol, ScanPlan, StrategyConfig, Subscription
+    from shared.symbols import DEFAULT_SPECS
+    from shared.timeutil import ManualClock
+
+    out = []
+    for n in symbol_counts:
+        names = list(DEFAULT_SPECS)[:n]
+        feed = SyntheticFeed(symbols=[s for s in names if s in _synthetic_profiles()])
+        names = feed.symbols()
+        clock = ManualClock(datetime(2026, 3, 25, 12, 0, 1, tzinfo=UTC))
+        bus = create_bus("memory://")
+        await bus.start()
+        await bus.declare_queue(topology.STRATEGY_BARS)
+        service = MarketDataService(bus=bus, feed=feed, clock=clock, settings=Settings(scan_mode="aligned", bus_url="memory://"))
+        sub = lambda s: Subscription(bot_id=1, account_id=1, symbol=s, strategies=(StrategyConfig(name="pinbar"),))  # noqa: E731
+        service.set_plan(ScanPlan(symbols=tuple(PlanSymbol(symbol=s, lookback=400, subscriptions=(sub(s),)) for s in names)))
+        times = []
+        for _ in range(30):
+            clock.advance(timedelta(minutes=1))
+            t0 = time.perf_counter()
+            await service.scan_once()
+            times.append((time.perf_counter() - t0) * 1000)
+        await bus.close()
+        out.append((len(names), statistics.median(times), pct(times, 99)))
+    return out
+
+
+def _synthetic_profiles() -> set[str]:
+    from services.market_data.feeds.synthetic import PROFILES
+
+    return set(PROFILES)
+
+
+def services_problem() -> str | None:
+    """Why RabbitMQ (rabbitmqctl, for a vhost of the run) or PostgreSQL cannot be used here; None when both can."""
+    from tests.distributed import cluster as kit
+
+    problem = kit.rabbitmqctl_available()
+    if problem:
+        return problem
+    try:
+        kit.drop_database(f"{kit.PG_ADMIN_URL.rsplit('/', 1)[0]}/scalper_probe_absent")
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL unreachable at {kit.PG_ADMIN_URL}: {exc!r}"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--skip-embedded", action="store_true")
+    parser.add_argument("--skip-distributed", action="store_true")
+    args = parser.parse_args()
+    gold = Settings().data_dir / "XAUUSD_M1.csv"
+    if not gold.is_file():
+        print(f"skipped: {gold} is absent (set SCALPER_DATA_DIR)")
+        return
+    from shared.logging import configure_logging
+
+    configure_logging("text", "WARNING")
+    rows = []
+    rss = {}
+    problem = None if args.skip_distributed else services_problem()
+    if problem:
+        print(f"distributed part skipped: {problem}")
+    if not args.skip_distributed and not problem:
+        result = distributed(gold, args.samples)
+        result["stages"] = list(STAGES)
+        STAGES.clear()
+        rows.append(("distributed (RabbitMQ + PostgreSQL, 3 processes)", result, 50.0))
+        rss = result["rss"]
+    if not args.skip_embedded:
+        result = asyncio.run(embedded(gold, args.samples))
+        result["stages"] = list(STAGES)
+        STAGES.clear()
+        rows.append(("embedded (in-memory bus + SQLite, 1 process)", result, 10.0))
+    print("\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")
+    print(f"{'mode':<52} {'n':>4} {'missed':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'target p99':>10}")
+    for name, result, target in rows:
+        lat = result["latencies"]
+        print(f"{name:<52} {len(lat):>4} {result['missed']:>6} {pct(lat, 50):>8.1f} {pct(lat, 99):>8.1f} {max(lat, default=float('nan')):>8.1f} {target:>9.0f}")
+    print("\nWhere the time goes (p50): publish -> signal row stored (strategy + decision's signal insert); signal -> order `sending`")
+    for name, result, _ in rows:
+        a = [x for x, _ in result["stages"]]
+        b = [y for _, y in result["stages"]]
+        print(f"{name:<52} {pct(a, 50):>8.1f} ms {pct(b, 50):>8.1f} ms")
+    print("\nAligned mode: bar close -> BarWindow publish = 1000 ms scheduled delay (hh:mm:01) + the scan itself")
+    print(f"{'symbols':>8} {'scan p50 ms':>12} {'scan p99 ms':>12} {'close->publish p50 ms':>22}")
+    for n, p50, p99 in asyncio.run(aligned_scan()):
+        print(f"{n:>8} {p50:>12.1f} {p99:>12.1f} {1000 + p50:>22.1f}")
+    if rss:
+        print("\nMemory (RSS) per service process after the run")
+        for name, mb in rss.items():
+            print(f"{name:<20} {mb:>8.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

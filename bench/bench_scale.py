@@ -1,0 +1,314 @@
+"""Scale benchmark on RabbitMQ and PostgreSQL: the strategy stage's throughput with one and two worker processes,
+and a scan of 10,000 bots over 200 symbols evaluated and decided with two workers.
+
+The 200 symbols are aliases of gold (`SYM000`..`SYM199`, gold's spec) fed with real gold windows at different
+offsets, so every symbol has its own bars. Workers are processes of this file (`--worker`), which register the
+alias specs and run the strategy service's StrategyWorker; decision runs in this process on PostgreSQL.
+
+    .venv/bin/python bench/bench_scale.py [--symbols 200] [--bots-per-symbol 50] [--windows 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from shared.bus import topology  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.symbols import DEFAULT_SPECS  # noqa: E402
+
+
+def alias(i: int) -> str:
+    return f"SYM{i:03d}"
+
+
+def register_aliases(n: int) -> None:
+    """Gold's spec under n alias names (in this process), so strategies and risk know the bench's symbols."""
+    gold = DEFAULT_SPECS["XAUUSD"]
+    for i in range(n):
+        DEFAULT_SPECS.setdefault(alias(i), gold.model_copy(update={"name": alias(i)}))
+
+
+# --- a worker process --------------------------------------------------------------------------------------------
+
+
+async def run_worker(url: str, symbols: int) -> None:
+    from services.strategy.service import StrategyWorker
+    from shared.bus import create_bus
+    from shared.logging import configure_logging
+
+    configure_logging("text", "WARNING")
+    register_aliases(symbols)
+    settings = Settings(bus_url=url, log_level="WARNING")
+    bus = create_bus(url, delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
+    await bus.start()
+    worker = StrategyWorker(bus=bus, settings=settings)
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # "go": every worker starts consuming at once
+    await worker.start()
+    await asyncio.Event().wait()
+
+
+def start_workers(url: str, n: int, symbols: int) -> list[subprocess.Popen]:
+    procs = []
+    for _ in range(n):
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--worker", "--url", url, "--symbols", str(symbols)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        )
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", "worker did not start"
+        procs.append(p)
+    return procs
+
+
+def go(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+# --- the bench -----------------------------------------------------------------------------------------------
+
+
+async def prepare(url: str, symbols: int, bots_per_symbol: int):
+    """One user, `bots_per_symbol` paper accounts, one auto-trading bot per (account, symbol): the plan."""
+    from sqlalchemy import insert, select
+
+    from services.decision.bots import ensure_demo, strategy_names
+    from services.decision.plan import build_plan
+    from shared.db.engine import create_engine, session_factory, transaction, upgrade
+    from shared.db.models import Bot, BrokerAccount, User
+    from shared.strategies.catalog import lookback_for
+
+    await asyncio.to_thread(upgrade, url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    async with transaction(sessions) as session:
+        await ensure_demo(session=session)
+        demo = (await session.execute(select(User).where(User.name == "demo"))).scalar_one()
+        await session.execute(select(Bot))  # warm
+        accounts = []
+        for a in range(bots_per_symbol):
+            account = BrokerAccount(user_id=demo.id, name=f"scale-{a}", broker="paper", server_time="utc", is_demo=True, is_active=True)
+            session.add(account)
+            accounts.append(account)
+        await session.flush()
+        names = strategy_names("scalper")
+        rows = [
+            {"user_id": demo.id, "account_id": account.id, "symbol": alias(i), "enabled_strategies": names, "strategy_params": {},
+             "auto_trade": True, "name": f"{alias(i)}-{account.id}"}
+            for i in range(symbols) for account in accounts
+        ]
+        for k in range(0, len(rows), 2000):
+            await session.execute(insert(Bot), rows[k:k + 2000])
+    async with sessions() as session:
+        plan = await build_plan(session=session, lookback_for=lookback_for, min_lookback=100)
+    return engine, sessions, {p.symbol: p for p in plan.symbols}
+
+
+def windows_for(plan: dict, count_per_symbol: int, gold: Path):
+    """Real gold windows: symbol i takes the bars at offset i*7 minutes (+1 minute per further window)."""
+    from services.market_data.feeds.replay import ReplayFeed
+    from shared.messages import BarColumns, BarWindow
+
+    feed = ReplayFeed(gold, "XAUUSD")
+    out = []
+    for k in range(count_per_symbol):
+        for i, (symbol, entry) in enumerate(sorted(plan.items())):
+            at = feed.start_time() + timedelta(minutes=i * 7 + k)
+            bars = feed.closed_bars("XAUUSD", until=at, count=entry.lookback)
+            out.append(BarWindow(symbol=symbol, bars=BarColumns.from_bars(bars), closed_through=at, source="bench",
+                                 subscriptions=entry.subscriptions))
+    return out
+
+
+async def publish_all(bus, windows) -> float:
+    t0 = time.perf_counter()
+    await asyncio.gather(*(
+        bus.publish(w, exchange=topology.MARKET_BARS, routing_key=topology.bars_key("1m", w.symbol)) for w in windows
+    ))
+    return time.perf_counter() - t0
+
+
+async def throughput(url: str, windows, workers: int, symbols: int) -> tuple[float, float]:
+    """Windows per second through the strategy stage: the queue pre-filled, then `workers` processes drain it
+    (done when every window's ScanReport has reached decision.signals)."""
+    from shared.bus import create_bus
+    from shared.messages import ScanReport
+
+    bus = create_bus(url)
+    await bus.start()
+    await bus.declare_queue(topology.STRATEGY_BARS)
+    reports = 0
+    done = asyncio.Event()
+
+    async def count(message, delivery) -> None:
+        nonlocal reports
+        if isinstance(message, ScanReport):
+            reports += 1
+            if reports >= len(windows):
+                done.set()
+
+    consumer = await bus.consume(topology.DECISION_SIGNALS, count, prefetch=500)
+    await publish_all(bus, windows)
+    procs = []
+    try:
+        procs = await asyncio.to_thread(start_workers, url, workers, symbols)
+        started = time.perf_counter()
+        go(procs)
+        await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop(procs)
+        await consumer.cancel()
+        await bus.close()
+    return len(windows) / elapsed, elapsed
+
+
+async def scan(url: str, pg: str, windows, symbols: int, bots: int) -> dict:
+    """One scan (a window per symbol, every bot subscribed): publish -> every ScanReport decided, two workers."""
+    from scalper.serve import SharedClock
+    from services.decision.service import DecisionService
+    from shared.bus import create_bus
+    from shared.db.engine import create_engine, session_factory
+    from shared.timeutil import utcnow
+
+    register_aliases(symbols)
+    settings = Settings(bus_url=url, database_url=pg, scan_interval_s=3600, order_ttl_s=3600, log_level="WARNING")
+    engine = create_engine(pg)
+    bus = create_bus(url)
+    start = windows[0].closed_through
+    decision = DecisionService(bus=bus, sessions=session_factory(engine), clock=SharedClock(start, utcnow(), 1.0), settings=settings)
+    decided = 0
+    done = asyncio.Event()
+    original = decision.handle_scan_report
+
+    async def counted(report, delivery=None):
+        nonlocal decided
+        await original(report, delivery)
+        decided += 1
+        if decided >= len(windows):
+            done.set()
+
+    decision.handle_scan_report = counted  # type: ignore[method-assign]
+    await decision.start()
+    # The accounts' order queues (no executor runs here: the intents wait in them, as for a busy executor).
+    for account_id in sorted({sub.account_id for w in windows for sub in w.subscriptions}):
+        await bus.declare_queue(topology.executor_orders_queue(account_id))
+    procs = await asyncio.to_thread(start_workers, url, 2, symbols)
+    go(procs)
+    await asyncio.sleep(1.0)  # both consumers attached
+    try:
+        t0 = time.perf_counter()
+        publish_s = await publish_all(bus, windows)
+        await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop(procs)
+        await decision.stop()
+        await bus.close()
+        await engine.dispose()
+    from sqlalchemy import func, select
+
+    from shared.db.models import Decision
+
+    engine = create_engine(pg)
+    async with session_factory(engine)() as session:
+        counts = dict((await session.execute(select(Decision.action, func.count()).group_by(Decision.action))).all())
+    await engine.dispose()
+    return {"elapsed_s": elapsed, "publish_s": publish_s, "decisions": counts}
+
+
+def services_problem() -> str | None:
+    """Why RabbitMQ (rabbitmqctl, for a vhost of the run) or PostgreSQL cannot be used here; None when both can."""
+    from tests.distributed import cluster as kit
+
+    problem = kit.rabbitmqctl_available()
+    if problem:
+        return problem
+    try:
+        kit.drop_database(f"{kit.PG_ADMIN_URL.rsplit('/', 1)[0]}/scalper_probe_absent")
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL unreachable at {kit.PG_ADMIN_URL}: {exc!r}"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--symbols", type=int, default=200)
+    parser.add_argument("--bots-per-symbol", type=int, default=50)
+    parser.add_argument("--windows", type=int, default=400, help="windows for the throughput runs")
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(run_worker(args.url, args.symbols))
+        return
+
+    from shared.logging import configure_logging
+    from tests.distributed import cluster as kit
+
+    configure_logging("text", "WARNING")
+    register_aliases(args.symbols)
+    gold = Settings().data_dir / "XAUUSD_M1.csv"
+    problem = services_problem() or (None if gold.is_file() else f"{gold} is absent (set SCALPER_DATA_DIR)")
+    if problem:
+        print(f"skipped: {problem}")
+        return
+    cores = os.cpu_count()
+    results = {}
+    vhost = kit.add_vhost()
+    pg = kit.create_database()
+    url = kit.amqp_url(vhost)
+    try:
+        async def build():
+            engine, _, plan = await prepare(pg, args.symbols, args.bots_per_symbol)
+            await engine.dispose()
+            return plan
+
+        plan = asyncio.run(build())
+        scan_windows = windows_for(plan, 1, gold)
+        per = max(1, args.windows // args.symbols)
+        load = windows_for(plan, per, gold)
+        for n in (1, 2):
+            results[n] = asyncio.run(throughput(url, load, n, args.symbols))
+        results["scan"] = asyncio.run(scan(url, pg, scan_windows, args.symbols, args.symbols * args.bots_per_symbol))
+    finally:
+        kit.delete_vhost(vhost)
+        kit.drop_database(pg)
+
+    bots = args.symbols * args.bots_per_symbol
+    print(f"\nStrategy stage throughput ({len(load)} windows of {args.bots_per_symbol} bots each, pre-queued; {cores} cores)")
+    print(f"{'workers':>8} {'windows/s':>10} {'bot-evaluations/s':>18} {'speed-up':>9}")
+    for n in (1, 2):
+        rate = results[n][0]
+        print(f"{n:>8} {rate:>10.1f} {rate * args.bots_per_symbol:>18.0f} {rate / results[1][0]:>8.2f}x")
+    s = results["scan"]
+    print(f"\nOne scan: {bots} bots over {args.symbols} symbols, 2 workers, decision on PostgreSQL")
+    print(f"publish of {args.symbols} windows {s['publish_s'] * 1000:.0f} ms; all evaluated and decided in {s['elapsed_s']:.2f} s (target 5 s)")
+    print(f"decisions made: {s['decisions']}")
+
+
+if __name__ == "__main__":
+    main()

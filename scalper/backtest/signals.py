@@ -1,0 +1,189 @@
+"""The live path's signals over a whole history: each bar's window (the last `lookback` closed bars, as market data
+publishes it), the previous trading day's levels (as market data computes them, once per day), and the catalog's
+own `evaluate` on it. Vectorised prefilters only skip bars a strategy cannot match (scalper/backtest/prefilters.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from scalper.backtest.prefilters import candidates
+from shared.bars import FIELDS, Bars
+from shared.levels import previous_day_levels, trading_day_start
+from shared.messages import Levels, StrategyConfig
+from shared.strategies.base import EvalContext, Match, StrategyDef, WindowCache
+from shared.strategies.catalog import CATALOG, MIN_LOOKBACK, Catalog
+from shared.symbols import SymbolSpec
+from shared.timeutil import from_epoch, server_offset
+
+# services/market_data/service.py: the levels are computed from the last 5 days of M1 bars up to the window's newest
+# bar. Kept equal here so a backtest's levels are the live ones even where the history is short.
+LEVELS_HISTORY_BARS = 5 * 1440
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalEvent:
+    """A match on bar `index` (the signal bar) of the history, with what the live Signal would carry."""
+
+    index: int  # the window's last M1 bar: the order fills at the open of the bar after it
+    bar_time: int  # the judged bar's open time, UTC epoch seconds (a 5m strategy's: its 5-minute bar's)
+    strategy: str
+    timeframe: str
+    side: str
+    entry: float
+    stop: float
+    target: float
+    score: float
+    features: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ScanStats:
+    evaluated: dict[str, int] = field(default_factory=dict)  # evaluate() calls per strategy
+    errors: list[str] = field(default_factory=list)  # "strategy at time: error", as the live worker logs them
+    lookback: int = 0
+    windows: int = 0  # bars that had a full window (what live would publish)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    name: str
+    strategy: StrategyDef
+    params: BaseModel
+
+
+def day_keys(times: np.ndarray, server_time: str = "utc") -> np.ndarray:
+    """trading_day_start (epoch) of every bar: vectorised for a fixed-offset clock, else once per distinct hour."""
+    if len(times) == 0:
+        return times
+    if server_time.strip().lower() != "us_dst":
+        try:
+            offset = int(server_offset(server_time, from_epoch(0)).total_seconds())
+        except ValueError:
+            offset = None
+        if offset is not None:
+            day = (times + offset) // 86_400
+            weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+            folded = np.where((weekday >= 5) | (weekday == 0), day - (weekday - 5) % 7, day)  # Sat, Sun, Mon -> Sat
+            return folded * 86_400 - offset
+    hours, inverse = np.unique(times // 3600, return_inverse=True)
+    starts = np.array([int(trading_day_start(from_epoch(int(h) * 3600), server_time).timestamp()) for h in hours], np.int64)
+    return starts[inverse]
+
+
+class LevelsByDay:
+    """The levels market data attaches to the window of bar i: computed at the first window of each trading day."""
+
+    def __init__(self, bars: Bars, first: int, server_time: str = "utc") -> None:
+        self._bars = bars
+        self._server_time = server_time
+        keys = day_keys(bars.time, server_time)
+        self._keys = keys
+        # The first bar (from `first` on) of each trading day: where live computes that day's levels.
+        idx = np.arange(len(keys))
+        self._first_of_day = {}
+        tail_keys = keys[first:]
+        if len(tail_keys):
+            change = np.flatnonzero(np.concatenate(([True], tail_keys[1:] != tail_keys[:-1]))) + first
+            self._first_of_day = {int(keys[i]): int(i) for i in change}
+        del idx
+        self._cache: dict[int, Levels | None] = {}
+
+    def at(self, i: int) -> Levels | None:
+        key = int(self._keys[i])
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        f = self._first_of_day.get(key, i)
+        history = self._bars[max(0, f + 1 - LEVELS_HISTORY_BARS) : f + 1]
+        levels = previous_day_levels(history, from_epoch(int(self._bars.time[f])), self._server_time)
+        self._cache[key] = levels
+        return levels
+
+
+def resolve(configs: Sequence[StrategyConfig], catalog: Catalog = CATALOG) -> list[_Resolved]:
+    return [_Resolved(c.name, catalog.get(c.name), catalog.parse_params(c.name, c.params)) for c in configs]
+
+
+def scan_history(
+    bars: Bars,
+    *,
+    spec: SymbolSpec,
+    configs: Sequence[StrategyConfig],
+    catalog: Catalog = CATALOG,
+    server_time: str = "utc",
+    min_lookback: int = MIN_LOOKBACK,
+    start: int = 0,
+    end: int | None = None,
+    prefilter: bool = True,
+    progress: Progress | None = None,
+    stats: ScanStats | None = None,
+) -> list[SignalEvent]:
+    """Every signal the live strategy worker would emit for bars[start:end], oldest first, in config order per bar.
+
+    Bar i is judged on bars[i+1-L : i+1] with L = the scan's lookback (the largest the configs declare, at least
+    `min_lookback`); bars with fewer than L bars before them are not judged (market data is still warming up).
+    """
+    resolved = resolve(configs, catalog)
+    lookback = catalog.lookback_for(configs, minimum=max(MIN_LOOKBACK, min_lookback))
+    stats = stats if stats is not None else ScanStats()
+    stats.lookback = lookback
+    n = len(bars)
+    end = n if end is None else min(end, n)
+    first = max(start, lookback - 1)
+    if first >= end:
+        return []
+    stats.windows = end - first
+    masks: list[np.ndarray | None] = []
+    for r in resolved:
+        mask = candidates(r.name, r.strategy, bars, r.params) if prefilter else None
+        masks.append(None if mask is None else mask[first:end])
+    if any(m is None for m in masks):
+        todo = np.arange(first, end)
+    else:
+        union = np.zeros(end - first, bool)
+        for m in masks:
+            union |= m
+        todo = np.flatnonzero(union) + first
+    levels = LevelsByDay(bars, first, server_time)
+    out: list[SignalEvent] = []
+    total = len(todo)
+    step = max(1, total // 200)
+    cols = tuple(getattr(bars, f) for f in FIELDS)
+    for count, i in enumerate(todo.tolist()):
+        if progress is not None and count % step == 0:
+            progress(count, total)
+        a, b = i + 1 - lookback, i + 1
+        window = Bars(*(c[a:b] for c in cols))  # views, as bars[a:b]
+        ctx = EvalContext(spec=spec, levels=levels.at(i), cache=WindowCache(window))  # as the worker builds it
+        for r, mask in zip(resolved, masks, strict=True):
+            if mask is not None and not mask[i - first]:
+                continue
+            stats.evaluated[r.name] = stats.evaluated.get(r.name, 0) + 1
+            try:
+                match = r.strategy.evaluate(window, ctx, r.params)
+                if match is not None and not isinstance(match, Match):
+                    raise TypeError(f"evaluate returned {type(match).__name__}, not Match or None")
+            except Exception as exc:  # noqa: BLE001  live counts it and runs the others (conventions.md)
+                stats.errors.append(f"{r.name} at {from_epoch(int(bars.time[i])).isoformat()}: {type(exc).__name__}: {exc}")
+                continue
+            if match is None:
+                continue
+            out.append(
+                SignalEvent(
+                    index=i, bar_time=int(bars.time[i]) if match.bar_time is None else int(match.bar_time), strategy=r.name, timeframe=r.strategy.timeframe,
+                    side=match.side, entry=match.entry, stop=match.stop, target=match.target, score=match.score,
+                    features=dict(match.features),
+                )
+            )
+    if progress is not None:
+        progress(total, total)
+    return out

@@ -1,0 +1,1 @@
+"""Tests of data import: every M1 format users bring, `scalper data check`."""

@@ -1,0 +1,57 @@
+"""`scalper serve` without RabbitMQ or PostgreSQL: the shared clock, the command line's refusals, the DB-outage test."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+from typer.testing import CliRunner
+
+from scalper.cli import app
+from scalper.serve import SharedClock, build_process, is_db_unreachable, make_clock
+from shared.settings import Settings
+
+
+def test_processes_started_apart_read_the_same_simulated_time():
+    start = datetime(2026, 3, 25, 9, 0, tzinfo=UTC)
+    anchor = datetime.now(UTC) - timedelta(seconds=10)
+    first = SharedClock(start, anchor, 600)
+    time.sleep(0.05)
+    second = SharedClock(start, anchor, 600)  # built later, as a process started later would
+    assert abs((first.now() - second.now()).total_seconds()) < 0.05 * 600 + 1
+    assert start + timedelta(seconds=10 * 600) <= second.now() < start + timedelta(seconds=12 * 600)
+
+
+def test_the_clock_settings_are_read_as_utc_when_they_name_no_zone():
+    settings = Settings(feed="synthetic", clock_start="2026-03-25T09:00:00", clock_anchor=datetime.now(UTC).replace(tzinfo=None).isoformat(), speed=1)
+    clock = make_clock(settings)
+    assert abs((clock.now() - datetime(2026, 3, 25, 9, 0, tzinfo=UTC)).total_seconds()) < 5
+
+
+def test_the_mt5_feed_runs_on_the_real_clock():
+    clock = make_clock(Settings(feed="mt5"))
+    assert abs((clock.now() - datetime.now(UTC)).total_seconds()) < 1
+
+
+def test_serve_refuses_an_unknown_service_and_account_id_off_the_executor():
+    result = CliRunner().invoke(app, ["serve", "bogus"])
+    assert result.exit_code == 2 and "unknown service" in result.output
+    with pytest.raises(ValueError, match="executor option"):
+        build_process("strategy", Settings(), account_id=1)
+
+
+@pytest.mark.parametrize(
+    ("error", "unreachable"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (OperationalError("SELECT 1", {}, asyncpg.exceptions.CannotConnectNowError("the database system is starting up")), True),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True),
+        (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (ValueError("bad value"), False),
+    ],
+)
+def test_only_lost_database_connections_count_as_an_outage(error, unreachable):
+    assert is_db_unreachable(error) is unreachable
