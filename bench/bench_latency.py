@@ -297,17 +297,9 @@ def _synthetic_profiles() -> set[str]:
 
 
 def services_problem() -> str | None:
-    """Why RabbitMQ (rabbitmqctl, for a vhost of the run) or PostgreSQL cannot be used here; None when both can."""
-    from tests.distributed import cluster as kit
+    from tests.distributed.cluster import services_problem as problem
 
-    problem = kit.rabbitmqctl_available()
-    if problem:
-        return problem
-    try:
-        kit.drop_database(f"{kit.PG_ADMIN_URL.rsplit('/', 1)[0]}/scalper_probe_absent")
-    except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL unreachable at {kit.PG_ADMIN_URL}: {exc!r}"
-    return None
+    return problem()
 
 
 def main() -> None:

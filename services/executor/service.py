@@ -231,19 +231,20 @@ class ExecutorService:
 
     # --- bus handlers (thin: check the type, take the lock, call the logic) -------------------------------------
 
-    async def handle_intent(self, message: Message, delivery: Delivery) -> None:
-        if not isinstance(message, OrderIntent):
-            raise InvalidMessage(f"executor orders queue got a {type(message).__name__}, not an OrderIntent")
+    def _check_served(self, message: Message, kind: type[Message], queue: str) -> None:
+        """Refuse (dead-letter) a message of the wrong type or for an account this executor does not serve."""
+        if not isinstance(message, kind):
+            raise InvalidMessage(f"executor {queue} queue got a {type(message).__name__}, not an {kind.__name__}")
         if message.account_id not in self._brokers:
             raise InvalidMessage(f"account {message.account_id} is not served by executor {self._instance}")
+
+    async def handle_intent(self, message: Message, delivery: Delivery) -> None:
+        self._check_served(message, OrderIntent, "orders")
         async with self._lock:
             await self._process_intent(message)
 
     async def handle_command(self, message: Message, delivery: Delivery) -> None:
-        if not isinstance(message, ExecutorCommand):
-            raise InvalidMessage(f"executor commands queue got a {type(message).__name__}, not an ExecutorCommand")
-        if message.account_id not in self._brokers:
-            raise InvalidMessage(f"account {message.account_id} is not served by executor {self._instance}")
+        self._check_served(message, ExecutorCommand, "commands")
         async with self._lock:
             await self._process_command(message)
 

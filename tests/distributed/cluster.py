@@ -226,3 +226,15 @@ def base_env(*, bus_url: str, database_url: str, feed: str, clock_start, speed: 
 
 def python() -> str:
     return sys.executable
+
+
+def services_problem() -> str | None:
+    """Why RabbitMQ (rabbitmqctl, for a vhost of the run) or PostgreSQL cannot be used here; None when both can."""
+    problem = rabbitmqctl_available()
+    if problem:
+        return problem
+    try:
+        drop_database(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/scalper_probe_absent")
+    except Exception as exc:  # noqa: BLE001  the reason is the answer
+        return f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc!r}"
+    return None
