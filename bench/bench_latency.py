@@ -34,12 +34,13 @@ from services.market_data.feeds.replay import ReplayFeed  # noqa: E402
 from services.strategy.service import scan_window  # noqa: E402
 from shared.bus import topology  # noqa: E402
 from shared.db.engine import create_engine, session_factory, transaction, upgrade  # noqa: E402
-from shared.db.models import BrokerAccount, Decision, Order, SignalRow, User  # noqa: E402
+from shared.db.models import Bot, BrokerAccount, Decision, Order, SignalRow, User  # noqa: E402
 from shared.messages import BarColumns, BarWindow  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.strategies.catalog import CATALOG, lookback_for  # noqa: E402
 
 BOT_SYMBOL = "XAUUSDm"
+MIN_SCORE = Bot.model_fields["decision_min_score"].default
 
 
 def pct(values: list[float], q: float) -> float:
@@ -70,7 +71,8 @@ async def prepare_database(url: str, bots: int):
 
 
 def matching_windows(gold: Path, entry, count: int) -> list[BarWindow]:
-    """Gold windows whose strategies match for the first subscription (a signal, so possibly an order)."""
+    """Gold windows whose strategies match for the first subscription with a score the bot's default minimum passes
+    (a signal that risk lets through, so an order for a fresh bot)."""
     feed = ReplayFeed(gold, "XAUUSD")
     at = feed.start_time()
     sub = entry.subscriptions[0]
@@ -79,7 +81,7 @@ def matching_windows(gold: Path, entry, count: int) -> list[BarWindow]:
         bars = feed.closed_bars("XAUUSD", until=at, count=entry.lookback)
         window = BarWindow(symbol="XAUUSD", bars=BarColumns.from_bars(bars), closed_through=at, source="bench", subscriptions=(sub,))
         signals, _ = scan_window(window, catalog=CATALOG, now=at)
-        if signals:
+        if any(s.score >= MIN_SCORE for s in signals):
             out.append(window)
         at += timedelta(minutes=1)
         if at > feed.ends_at():
@@ -95,13 +97,14 @@ def shifted(window: BarWindow, sub, closed_through: datetime) -> BarWindow:
 
 
 async def measure(
-    bus, sessions, entry, windows: list[BarWindow], *, timeout_s: float = 5.0, brokers: dict | None = None
+    bus, sessions, entry, windows: list[BarWindow], *, timeout_s: float = 5.0, brokers: dict | None = None, settle_s: float = 0.0
 ) -> tuple[list[float], int]:
     """Publish each window for its own bot; the wall time until that bot's order reaches the broker (in-process
     brokers: the call itself) or is recorded as `sending` (separate processes: read from the orders table)."""
     latencies: list[float] = []
     missed = 0
     for window, sub in zip(windows, entry.subscriptions, strict=False):
+        await asyncio.sleep(settle_s)
         now = datetime.now(UTC).replace(second=0, microsecond=0)
         message = shifted(window, sub, now)
         t0 = time.time()
@@ -135,6 +138,29 @@ async def measure(
     return latencies, missed
 
 
+# An idle engine: the previous order's follow-ups (its fill recorded, reported and applied by decision) are done.
+IDLE_SETTLE_S = 0.25
+
+
+async def paced(measure_fn, bus, sessions, entry, windows: list[BarWindow], **kw) -> dict:
+    """Three warm-up samples, then the windows twice, each time for fresh bots: back to back (each window published
+    as soon as the previous order reached the broker, while its follow-ups still run) and on an idle engine (as live
+    windows come, a minute apart per symbol)."""
+    subs = entry.subscriptions
+    n = len(windows) - 3
+
+    def bots(first: int, count: int):
+        return entry.model_copy(update={"subscriptions": subs[first:first + count]})
+
+    await measure_fn(bus, sessions, bots(0, 3), windows[:3], **kw)
+    busy, busy_missed = await measure_fn(bus, sessions, bots(3, n), windows[3:], **kw)
+    busy_stages = list(STAGES)
+    STAGES.clear()
+    idle, idle_missed = await measure_fn(bus, sessions, bots(3 + n, n), windows[3:], settle_s=IDLE_SETTLE_S, **kw)
+    return {"latencies": busy, "missed": busy_missed, "stages": busy_stages,
+            "idle": idle, "idle_missed": idle_missed, "idle_stages": list(STAGES)}
+
+
 STAGES: list[tuple[float, float]] = []  # (publish -> signal stored, signal stored -> order recorded) per sample
 
 
@@ -151,19 +177,17 @@ def distributed(gold: Path, samples: int) -> dict:
     cluster = None
 
     async def prepare():
-        engine, _, entry = await prepare_database(url, samples)
+        engine, _, entry = await prepare_database(url, 2 * samples)
         await engine.dispose()
         return entry
 
-    async def run(entry) -> tuple[list[float], int]:
+    async def run(entry) -> dict:
         engine = create_engine(url)
         sessions = session_factory(engine)
         bus = RabbitBus(kit.amqp_url(vhost))
         await bus.start()
         try:
-            await measure(bus, sessions, entry, windows[:3])  # warm-up: the first connections and queries
-            rest = entry.model_copy(update={"subscriptions": entry.subscriptions[3:]})
-            return await measure(bus, sessions, rest, windows[3:])
+            return await paced(measure, bus, sessions, entry, windows)
         finally:
             await bus.close()
             await engine.dispose()
@@ -181,9 +205,9 @@ def distributed(gold: Path, samples: int) -> dict:
         cluster.start("decision")
         cluster.start("executor")
         cluster.start("strategy")
-        latencies, missed = asyncio.run(run(entry))
-        rss = {p.name: rss_mb(p.popen.pid) for p in cluster.procs}
-        return {"latencies": latencies, "missed": missed, "rss": rss}
+        result = asyncio.run(run(entry))
+        result["rss"] = {p.name: rss_mb(p.popen.pid) for p in cluster.procs}
+        return result
     finally:
         if cluster is not None:
             cluster.stop()
@@ -214,7 +238,7 @@ async def embedded(gold: Path, samples: int) -> dict:
     settings = Settings(
         database_url=url, bus_url="memory://", order_ttl_s=60, scan_interval_s=3600, monitor_interval_s=3600, log_level="WARNING"
     )
-    engine, sessions, entry = await prepare_database(url, samples)
+    engine, sessions, entry = await prepare_database(url, 2 * samples)
     windows = matching_windows(gold, entry, samples)
     now = datetime.now(UTC)
     clock = SharedClock(now, now, 1.0)
@@ -244,15 +268,13 @@ async def embedded(gold: Path, samples: int) -> dict:
     for service in (executor, decision, strategy):
         await service.start()
     try:
-        await measure(bus, sessions, entry, windows[:3], brokers=brokers)
-        rest = entry.model_copy(update={"subscriptions": entry.subscriptions[3:]})
-        latencies, missed = await measure(bus, sessions, rest, windows[3:], brokers=brokers)
+        result = await paced(measure, bus, sessions, entry, windows, brokers=brokers)
     finally:
         for service in (strategy, decision, executor):
             await service.stop()
         await bus.close()
         await engine.dispose()
-    return {"latencies": latencies, "missed": missed}
+    return result
 
 
 # --- aligned scan: bar close to BarWindow publish -------------------------------------------------------------
@@ -322,25 +344,25 @@ def main() -> None:
         print(f"distributed part skipped: {problem}")
     if not args.skip_distributed and not problem:
         result = distributed(gold, args.samples)
-        result["stages"] = list(STAGES)
         STAGES.clear()
         rows.append(("distributed (RabbitMQ + PostgreSQL, 3 processes)", result, 50.0))
         rss = result["rss"]
     if not args.skip_embedded:
         result = asyncio.run(embedded(gold, args.samples))
-        result["stages"] = list(STAGES)
         STAGES.clear()
         rows.append(("embedded (in-memory bus + SQLite, 1 process)", result, 10.0))
     print("\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")
-    print(f"{'mode':<52} {'n':>4} {'missed':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'target p99':>10}")
+    print(f"{'mode':<52} {'pace':<12} {'n':>4} {'missed':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'target p99':>10}")
     for name, result, target in rows:
-        lat = result["latencies"]
-        print(f"{name:<52} {len(lat):>4} {result['missed']:>6} {pct(lat, 50):>8.1f} {pct(lat, 99):>8.1f} {max(lat, default=float('nan')):>8.1f} {target:>9.0f}")
+        for pace, lat, missed in (("back-to-back", result["latencies"], result["missed"]), ("idle engine", result["idle"], result["idle_missed"])):
+            print(f"{name:<52} {pace:<12} {len(lat):>4} {missed:>6} {pct(lat, 50):>8.1f} {pct(lat, 99):>8.1f} "
+                  f"{max(lat, default=float('nan')):>8.1f} {target:>9.0f}")
     print("\nWhere the time goes (p50): publish -> signal row stored (strategy + decision's signal insert); signal -> order `sending`")
     for name, result, _ in rows:
-        a = [x for x, _ in result["stages"]]
-        b = [y for _, y in result["stages"]]
-        print(f"{name:<52} {pct(a, 50):>8.1f} ms {pct(b, 50):>8.1f} ms")
+        for pace, key in (("back-to-back", "stages"), ("idle engine", "idle_stages")):
+            a = [x for x, _ in result[key]]
+            b = [y for _, y in result[key]]
+            print(f"{name:<52} {pace:<12} {pct(a, 50):>8.1f} ms {pct(b, 50):>8.1f} ms")
     print("\nAligned mode: bar close -> BarWindow publish = 1000 ms scheduled delay (hh:mm:01) + the scan itself")
     print(f"{'symbols':>8} {'scan p50 ms':>12} {'scan p99 ms':>12} {'close->publish p50 ms':>22}")
     for n, p50, p99 in asyncio.run(aligned_scan()):

@@ -3,7 +3,9 @@ and a scan of 10,000 bots over 200 symbols evaluated and decided with two worker
 
 The 200 symbols are aliases of gold (`SYM000`..`SYM199`, gold's spec) fed with real gold windows at different
 offsets, so every symbol has its own bars. Workers are processes of this file (`--worker`), which register the
-alias specs and run the strategy service's StrategyWorker; decision runs in this process on PostgreSQL.
+alias specs and run the strategy service's StrategyWorker; decision runs in this process on PostgreSQL. Beside each
+throughput figure: the workers' CPU per window and the rest of the machine's (broker, this process, the OS), which
+show whether the stage is bound by the workers or by the machine.
 
     .venv/bin/python bench/bench_scale.py [--symbols 200] [--bots-per-symbol 50] [--windows 400]
 """
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -76,6 +79,30 @@ def go(procs: list[subprocess.Popen]) -> None:
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat (Linux)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+@dataclass(frozen=True)
+class Drain:
+    """One throughput run: its rate and where the machine's CPU went while the workers drained the queue."""
+
+    windows_per_s: float
+    worker_cpu_ms: float  # per window, all workers together
+    rest_cpu_ms: float  # per window: RabbitMQ, this process (the stand-in for decision), the OS, anything else running
+    busy: float  # share of all cores in use
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -151,7 +178,7 @@ async def publish_all(bus, windows) -> float:
     return time.perf_counter() - t0
 
 
-async def throughput(url: str, windows, workers: int, symbols: int) -> tuple[float, float]:
+async def throughput(url: str, windows, workers: int, symbols: int) -> Drain:
     """Windows per second through the strategy stage: the queue pre-filled, then `workers` processes drain it
     (done when every window's ScanReport has reached decision.signals)."""
     from shared.bus import create_bus
@@ -175,15 +202,22 @@ async def throughput(url: str, windows, workers: int, symbols: int) -> tuple[flo
     procs = []
     try:
         procs = await asyncio.to_thread(start_workers, url, workers, symbols)
+        worker_before = sum(cpu_seconds(p.pid) for p in procs)
+        busy_before, total_before = machine_cpu_seconds()
         started = time.perf_counter()
         go(procs)
         await asyncio.wait_for(done.wait(), 600)
         elapsed = time.perf_counter() - started
+        worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - worker_before
+        busy_after, total_after = machine_cpu_seconds()
     finally:
         stop(procs)
         await consumer.cancel()
         await bus.close()
-    return len(windows) / elapsed, elapsed
+    busy = busy_after - busy_before
+    per_window_ms = 1000 / len(windows)
+    return Drain(windows_per_s=len(windows) / elapsed, worker_cpu_ms=worker_cpu * per_window_ms,
+                 rest_cpu_ms=max(0.0, busy - worker_cpu) * per_window_ms, busy=busy / max(total_after - total_before, 1e-9))
 
 
 async def scan(url: str, pg: str, windows, symbols: int, bots: int) -> dict:
@@ -292,10 +326,12 @@ def main() -> None:
 
     bots = args.symbols * args.bots_per_symbol
     print(f"\nStrategy stage throughput ({len(load)} windows of {args.bots_per_symbol} bots each, pre-queued; {cores} cores)")
-    print(f"{'workers':>8} {'windows/s':>10} {'bot-evaluations/s':>18} {'speed-up':>9}")
+    print("CPU per window: the workers' own, and the rest of the machine's (RabbitMQ, this process, the OS, other load)")
+    print(f"{'workers':>8} {'windows/s':>10} {'bot-evaluations/s':>18} {'speed-up':>9} {'worker CPU':>11} {'rest CPU':>9} {'cores busy':>11}")
     for n in (1, 2):
-        rate = results[n][0]
-        print(f"{n:>8} {rate:>10.1f} {rate * args.bots_per_symbol:>18.0f} {rate / results[1][0]:>8.2f}x")
+        d = results[n]
+        print(f"{n:>8} {d.windows_per_s:>10.1f} {d.windows_per_s * args.bots_per_symbol:>18.0f} "
+              f"{d.windows_per_s / results[1].windows_per_s:>8.2f}x {d.worker_cpu_ms:>8.2f} ms {d.rest_cpu_ms:>6.2f} ms {d.busy:>10.0%}")
     s = results["scan"]
     print(f"\nOne scan: {bots} bots over {args.symbols} symbols, 2 workers, decision on PostgreSQL")
     print(f"publish of {args.symbols} windows {s['publish_s'] * 1000:.0f} ms; all evaluated and decided in {s['elapsed_s']:.2f} s (target 5 s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AuditLog
@@ -39,9 +39,8 @@ def _append_only(mapper, connection, target) -> None:
     raise AuditIsAppendOnly(f"audit row {target.id} is append-only")
 
 
-def record(
+def entry(
     *,
-    session: AsyncSession,
     kind: str,
     message: str,
     actor: str = "decision",
@@ -51,17 +50,29 @@ def record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
     at: datetime | None = None,
-) -> AuditLog:
-    row = AuditLog(
-        at=at or utcnow(),
-        actor=actor,
-        user_id=user_id,
-        bot_id=bot_id,
-        kind=kind,
-        entity_id=None if entity_id is None else str(entity_id),
-        message=message[:500],
-        before=jsonable(before),
-        after=jsonable(after),
-    )
+) -> dict[str, Any]:
+    """An audit row's values (see `record`, and `write` for several rows in one INSERT)."""
+    return {
+        "at": at or utcnow(),
+        "actor": actor,
+        "user_id": user_id,
+        "bot_id": bot_id,
+        "kind": kind,
+        "entity_id": None if entity_id is None else str(entity_id),
+        "message": message[:500],
+        "before": jsonable(before),
+        "after": jsonable(after),
+    }
+
+
+def record(*, session: AsyncSession, **fields: Any) -> AuditLog:
+    """Add one audit row to the session (written with its flush); `fields` as for `entry`."""
+    row = AuditLog(**entry(**fields))
     session.add(row)
     return row
+
+
+async def write(*, session: AsyncSession, entries: list[dict[str, Any]]) -> None:
+    """Insert audit rows now, in one statement, without loading them as objects (the hot path of a decision)."""
+    if entries:
+        await session.execute(insert(AuditLog), entries)

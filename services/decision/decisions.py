@@ -9,12 +9,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.decision import audit
 from services.decision.risk import AccountRules, BotRules, DecisionResult, Exposure, Leg, decide, margin_required
 from shared.db.models import Bot, BrokerAccount, Decision, SignalRow
+from shared.bus.base import TransientError
 from shared.messages import InvalidMessage, OrderIntent, Signal
 from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
 from shared.timeutil import broker_day_start
@@ -27,12 +30,34 @@ INTENT_NAMESPACE = uuid.UUID("0b5d7d52-8f43-4a4e-9d5c-3f0f3c1d6a21")
 
 
 @dataclass(frozen=True, slots=True)
+class Decided:
+    """A decision just written (the columns its log line, metrics and order intent read), without loading it back."""
+
+    id: int
+    signal_id: str
+    bot_id: int
+    account_id: int
+    symbol: str
+    action: str
+    reason: str
+    checks: list
+    side: str | None
+    volume: float | None
+    sl: float | None
+    tp: float | None
+    created_at: datetime
+    client_order_id: str | None
+    expires_at: datetime | None
+    order_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SignalOutcome:
     """What handling one Signal did; `intent` is to be published once the transaction has committed."""
 
     bot_found: bool
     signal_new: bool = False
-    decision: Decision | None = None
+    decision: Decision | Decided | None = None
     decision_new: bool = False
     intent: OrderIntent | None = None
 
@@ -54,7 +79,7 @@ def magic_for(bot_id: int) -> int:
     return MAGIC_BASE + bot_id
 
 
-def order_intent_for(decision: Decision) -> OrderIntent:
+def order_intent_for(decision: Decision | Decided) -> OrderIntent:
     """The decision's OrderIntent, the same every time it is built (message id included), for re-publishing."""
     assert decision.action == "open" and decision.client_order_id and decision.expires_at
     return OrderIntent(
@@ -76,68 +101,79 @@ def order_intent_for(decision: Decision) -> OrderIntent:
     )
 
 
+_INSERT_DECISION = Decision.__table__.insert().returning(Decision.__table__.c.id)
+_OPEN_DECISION = (
+    Decision.__table__.update()
+    .where(Decision.__table__.c.id == bindparam("decision_id"))
+    .values(client_order_id=bindparam("client_order_id"), expires_at=bindparam("expires_at"), order_status=bindparam("order_status"))
+)
+_BOT_AND_ACCOUNT = (
+    select(Bot, BrokerAccount)
+    .join(BrokerAccount, BrokerAccount.id == Bot.account_id)
+    .where(Bot.id == bindparam("bot_id"))
+    .with_for_update(of=BrokerAccount)
+)
+
+
 async def load_bot_for_update(*, session: AsyncSession, bot_id: int) -> tuple[Bot, BrokerAccount] | None:
-    """The bot and its account, the account row locked (PostgreSQL) so decisions on one account run one at a time."""
-    bot = await session.get(Bot, bot_id)
-    if bot is None:
-        return None
-    stmt = select(BrokerAccount).where(BrokerAccount.id == bot.account_id).with_for_update()
-    account = (await session.execute(stmt)).scalar_one()
-    return bot, account
+    """The bot and its account in one query, the account row locked (PostgreSQL) so decisions on one account run one
+    at a time (SQLite has no row locks: its single writer does the same)."""
+    found = (await session.execute(_BOT_AND_ACCOUNT, {"bot_id": bot_id})).one_or_none()
+    return None if found is None else (found[0], found[1])
+
+
+def _exposure_statement():
+    """The account's live legs, and the bot's trades since the broker day's start, with each one's signal entry."""
+    position_open = or_(Decision.position_status.is_(None), Decision.position_status != "closed")
+    return (
+        select(
+            Decision.bot_id, Decision.symbol, Decision.side, Decision.volume, Decision.order_status, Decision.created_at,
+            position_open.label("open"), SignalRow.entry,
+        )
+        .outerjoin(SignalRow, SignalRow.signal_id == Decision.signal_id)
+        .where(
+            Decision.account_id == bindparam("account_id"),
+            Decision.action == "open",
+            Decision.order_status.in_(LIVE_ORDER_STATUSES),
+            or_(position_open, and_(Decision.bot_id == bindparam("bot_id"), Decision.created_at >= bindparam("day_start"))),
+        )
+    )
+
+
+_EXPOSURE = _exposure_statement()  # built once; each decision binds its account, bot and day
 
 
 async def load_exposure(
     *, session: AsyncSession, bot: Bot, account: BrokerAccount, now: datetime, margin_free: float | None = None
 ) -> Exposure:
-    """The bot's exposure from the decisions read model (orders sent but not yet filled count as open)."""
-    live = (
-        await session.execute(
-            select(Decision.bot_id, Decision.symbol, Decision.side, Decision.volume).where(
-                Decision.account_id == account.id,
-                Decision.action == "open",
-                Decision.order_status.in_(LIVE_ORDER_STATUSES),
-                or_(Decision.position_status.is_(None), Decision.position_status != "closed"),
-            )
-        )
-    ).all()
+    """The bot's exposure from the decisions read model, in one query: the account's live legs (orders sent but not
+    yet filled count as open), the bot's trades of the broker day, and the margin of orders not yet answered."""
+    params = {"account_id": account.id, "bot_id": bot.id, "day_start": broker_day_start(account.server_time, now)}
+    rows = (await session.execute(_EXPOSURE, params)).all()
     instrument = canonical_symbol(bot.symbol, account.symbol_suffix)
-    day_start = broker_day_start(account.server_time, now)
-    trades_today = (
-        await session.execute(
-            select(func.count(Decision.id)).where(
-                Decision.bot_id == bot.id,
-                Decision.action == "open",
-                Decision.order_status.in_(LIVE_ORDER_STATUSES),
-                Decision.created_at >= day_start,
-            )
-        )
-    ).scalar_one()
     legs = tuple(
-        Leg(bot_id=bot_id, instrument=canonical_symbol(symbol, account.symbol_suffix), side=side, volume=volume or 0.0)
-        for bot_id, symbol, side, volume in live
+        Leg(bot_id=row.bot_id, instrument=canonical_symbol(row.symbol, account.symbol_suffix), side=row.side, volume=row.volume or 0.0)
+        for row in rows
+        if row.open
     )
+    trades_today = sum(1 for row in rows if row.bot_id == bot.id and row.created_at >= params["day_start"])
     if margin_free is not None:
-        margin_free -= await pending_margin(session=session, account=account)
+        margin_free -= pending_margin(account=account, sent=[(r.symbol, r.volume, r.entry) for r in rows if r.order_status == "sent"])
     return Exposure(
         open_positions=sum(1 for leg in legs if leg.bot_id == bot.id),
         open_on_symbol=sum(1 for leg in legs if leg.instrument == instrument),
-        trades_today=int(trades_today),
+        trades_today=trades_today,
         legs=legs,
         margin_free=margin_free,
     )
 
 
-async def pending_margin(*, session: AsyncSession, account: BrokerAccount) -> float:
+def pending_margin(*, account: BrokerAccount, sent: list[tuple[str, float | None, float | None]]) -> float:
     """Margin the account's orders sent and not yet answered will take: no snapshot includes them yet."""
-    rows = (
-        await session.execute(
-            select(Decision.symbol, Decision.volume, SignalRow.entry)
-            .join(SignalRow, SignalRow.signal_id == Decision.signal_id)
-            .where(Decision.account_id == account.id, Decision.action == "open", Decision.order_status == "sent")
-        )
-    ).all()
     total = 0.0
-    for symbol, volume, entry in rows:
+    for symbol, volume, entry in sent:
+        if entry is None:
+            continue
         try:
             spec = get_spec(symbol, account.symbol_suffix)
         except UnknownSymbol:
@@ -146,51 +182,75 @@ async def pending_margin(*, session: AsyncSession, account: BrokerAccount) -> fl
     return total
 
 
-async def store_signal(*, session: AsyncSession, signal: Signal, now: datetime, user_id: int | None = None) -> tuple[SignalRow, bool]:
-    """The signal's row, inserted unless it exists (by id, or by its dedupe key); return it and whether it is new."""
-    row = await session.get(SignalRow, str(signal.signal_id))
-    if row is None:
-        stmt = select(SignalRow).where(
-            SignalRow.bot_id == signal.bot_id,
-            SignalRow.symbol == signal.symbol,
-            SignalRow.strategy == signal.strategy,
-            SignalRow.timeframe == signal.timeframe,
-            SignalRow.bar_time == signal.bar_time,
-        )
-        row = (await session.execute(stmt)).scalar_one_or_none()
-    if row is not None:
-        return row, False
-    row = SignalRow(
-        signal_id=str(signal.signal_id),
-        window_id=None if signal.window_id is None else str(signal.window_id),
-        bot_id=signal.bot_id,
-        account_id=signal.account_id,
-        symbol=signal.symbol,
-        timeframe=signal.timeframe,
-        strategy=signal.strategy,
-        side=signal.side,
-        bar_time=signal.bar_time,
-        entry=signal.entry,
-        stop=signal.stop,
-        target=signal.target,
-        score=signal.score,
-        features=dict(signal.features),
-        created_at=now,
-    )
-    session.add(row)
-    await session.flush()
-    audit.record(
-        session=session,
+# Built once: the statement's parameters come with each execution, so its compiled form is cached.
+_INSERT_SIGNAL = {
+    name: insert(SignalRow).on_conflict_do_nothing().returning(SignalRow.signal_id)
+    for name, insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
+
+
+def _signal_values(signal: Signal, now: datetime) -> dict:
+    return {
+        "signal_id": str(signal.signal_id),
+        "window_id": None if signal.window_id is None else str(signal.window_id),
+        "bot_id": signal.bot_id,
+        "account_id": signal.account_id,
+        "symbol": signal.symbol,
+        "timeframe": signal.timeframe,
+        "strategy": signal.strategy,
+        "side": signal.side,
+        "bar_time": signal.bar_time,
+        "entry": signal.entry,
+        "stop": signal.stop,
+        "target": signal.target,
+        "score": signal.score,
+        "features": dict(signal.features),
+        "created_at": now,
+    }
+
+
+async def store_signal(*, session: AsyncSession, signal: Signal, now: datetime) -> tuple[str, bool]:
+    """Insert the signal's row unless it exists (by id, or by its dedupe key): one INSERT .. ON CONFLICT DO NOTHING.
+
+    Return the stored row's signal id (the earlier row's on a repeat) and whether this call inserted it; the caller
+    writes the new signal's audit row (with the decision's, in one statement at the commit).
+    """
+    stmt = _INSERT_SIGNAL[session.get_bind().dialect.name]
+    inserted = (await session.execute(stmt, _signal_values(signal, now))).scalar_one_or_none()
+    if inserted is None:
+        existing = (
+            await session.execute(
+                select(SignalRow.signal_id).where(
+                    or_(
+                        SignalRow.signal_id == str(signal.signal_id),
+                        and_(
+                            SignalRow.bot_id == signal.bot_id,
+                            SignalRow.symbol == signal.symbol,
+                            SignalRow.strategy == signal.strategy,
+                            SignalRow.timeframe == signal.timeframe,
+                            SignalRow.bar_time == signal.bar_time,
+                        ),
+                    )
+                )
+            )
+        ).scalars().first()
+        if existing is None:  # neither key matched yet the insert conflicted: a concurrent delete, retried by redelivery
+            raise TransientError(f"signal {signal.signal_id} conflicted with a row that is gone")
+        return existing, False
+    return inserted, True
+
+
+def signal_audit(*, signal: Signal, now: datetime, user_id: int | None) -> dict:
+    return audit.entry(
         kind="signal",
-        entity_id=row.signal_id,
+        entity_id=str(signal.signal_id),
         user_id=user_id,
         bot_id=signal.bot_id,
         at=now,
         message=f"{signal.strategy} {signal.side} {signal.symbol} {signal.timeframe} "
         f"bar {signal.bar_time.isoformat()} score {signal.score:.3f}",
-        after={"entry": signal.entry, "stop": signal.stop, "target": signal.target, "window_id": row.window_id},
+        after={"entry": signal.entry, "stop": signal.stop, "target": signal.target, "window_id": signal.window_id and str(signal.window_id)},
     )
-    return row, True
 
 
 def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: Exposure) -> DecisionResult:
@@ -218,50 +278,62 @@ async def handle_signal(
     if canonical_symbol(signal.symbol, account.symbol_suffix) != canonical_symbol(bot.symbol, account.symbol_suffix):
         raise InvalidMessage(f"signal {signal.signal_id} is for {signal.symbol}, bot {bot.id} trades {bot.symbol}")
 
-    row, signal_new = await store_signal(session=session, signal=signal, now=now, user_id=bot.user_id)
-    existing = (await session.execute(select(Decision).where(Decision.signal_id == row.signal_id))).scalar_one_or_none()
-    if existing is not None:
-        intent = order_intent_for(existing) if existing.action == "open" and existing.order_status == "sent" else None
-        return SignalOutcome(bot_found=True, signal_new=signal_new, decision=existing, intent=intent)
+    signal_id, signal_new = await store_signal(session=session, signal=signal, now=now)
+    if not signal_new:
+        existing = (await session.execute(select(Decision).where(Decision.signal_id == signal_id))).scalar_one_or_none()
+        if existing is not None:
+            intent = order_intent_for(existing) if existing.action == "open" and existing.order_status == "sent" else None
+            return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent)
 
     exposure = await load_exposure(session=session, bot=bot, account=account, now=now, margin_free=margin_free)
     result = _risk_result(bot=bot, account=account, signal=signal, exposure=exposure)
-    decision = Decision(
-        signal_id=row.signal_id,
-        bot_id=bot.id,
-        account_id=account.id,
-        symbol=bot.symbol,
-        action=result.action,
-        reason=result.reason,
-        checks=result.checks,
-        side=result.side,
-        volume=result.volume,
-        sl=result.sl,
-        tp=result.tp,
-        created_at=now,
-    )
-    session.add(decision)
-    await session.flush()
+    values = {
+        "signal_id": signal_id,
+        "bot_id": bot.id,
+        "account_id": account.id,
+        "symbol": bot.symbol,
+        "action": result.action,
+        "reason": result.reason,
+        "checks": result.checks,
+        "side": result.side,
+        "volume": result.volume,
+        "sl": result.sl,
+        "tp": result.tp,
+        "created_at": now,
+        "client_order_id": None,
+        "expires_at": None,
+        "order_status": None,
+    }
+    # Core statements, not the unit of work: the hot path of every signal (about half its time went to the ORM).
+    decision_id = (await session.execute(_INSERT_DECISION, values)).scalar_one()
     intent = None
     if result.action == "open":
-        decision.client_order_id = client_order_id_for(bot_id=bot.id, decision_id=decision.id, signal_id=uuid.UUID(row.signal_id))
-        decision.expires_at = now + timedelta(seconds=order_ttl_s)
-        decision.order_status = "sent"
-        await session.flush()
+        values["client_order_id"] = client_order_id_for(bot_id=bot.id, decision_id=decision_id, signal_id=uuid.UUID(signal_id))
+        values["expires_at"] = now + timedelta(seconds=order_ttl_s)
+        values["order_status"] = "sent"
+        await session.execute(
+            _OPEN_DECISION,
+            {"decision_id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}},
+        )
+    decision = Decided(id=decision_id, **values)
+    if result.action == "open":
         intent = order_intent_for(decision)
-    audit.record(
-        session=session,
-        kind="decision",
-        entity_id=decision.id,
-        user_id=bot.user_id,
-        bot_id=bot.id,
-        at=now,
-        message=f"{result.action} ({result.reason}) for signal {row.signal_id}"
-        + (
-            f": {decision.side} {decision.volume} {decision.symbol} sl {decision.sl} tp {decision.tp} as {decision.client_order_id}"
-            if intent
-            else ""
-        ),
-        after={"checks": [f"{c['name']}={'ok' if c['passed'] else 'FAIL'} ({c['value']} vs {c['limit']})" for c in result.checks]},
+    entries = [signal_audit(signal=signal, now=now, user_id=bot.user_id)] if signal_new else []
+    entries.append(
+        audit.entry(
+            kind="decision",
+            entity_id=decision.id,
+            user_id=bot.user_id,
+            bot_id=bot.id,
+            at=now,
+            message=f"{result.action} ({result.reason}) for signal {signal_id}"
+            + (
+                f": {decision.side} {decision.volume} {decision.symbol} sl {decision.sl} tp {decision.tp} as {decision.client_order_id}"
+                if intent
+                else ""
+            ),
+            after={"checks": [f"{c['name']}={'ok' if c['passed'] else 'FAIL'} ({c['value']} vs {c['limit']})" for c in result.checks]},
+        )
     )
+    await audit.write(session=session, entries=entries)
     return SignalOutcome(bot_found=True, signal_new=signal_new, decision=decision, decision_new=True, intent=intent)

@@ -34,38 +34,54 @@ class ScanLine:
 
 
 async def scan_lines(*, session: AsyncSession, report: ScanReport) -> list[ScanLine]:
-    """One line per known bot of the report (a bot deleted since the scan is left out)."""
+    """One line per known bot of the report (a bot deleted since the scan is left out).
+
+    Four queries for the whole report, whatever its number of bots: a window of a symbol that 50 bots trade
+    costs what a window of one bot does.
+    """
+    if not report.bots:
+        return []
     window_id = str(report.window_id)
+    bot_ids = [scan.bot_id for scan in report.bots]
+    symbols = dict((await session.execute(select(Bot.id, Bot.symbol).where(Bot.id.in_(bot_ids)))).all())
+    wanted = [str(s) for scan in report.bots for s in scan.signal_ids]
+    decided: set[str] = set()
+    if wanted:
+        decided = set((await session.execute(select(Decision.signal_id).where(Decision.signal_id.in_(wanted)))).scalars())
+    new_signals = dict(
+        (
+            await session.execute(
+                select(SignalRow.bot_id, func.count())
+                .where(SignalRow.window_id == window_id, SignalRow.bot_id.in_(bot_ids))
+                .group_by(SignalRow.bot_id)
+            )
+        ).all()
+    )
+    opened = {
+        bot_id: (decisions, orders)
+        for bot_id, decisions, orders in (
+            await session.execute(
+                select(Decision.bot_id, func.count(Decision.id), func.count(Decision.client_order_id))
+                .join(SignalRow, SignalRow.signal_id == Decision.signal_id)
+                .where(SignalRow.window_id == window_id, Decision.bot_id.in_(bot_ids), Decision.action == "open")
+                .group_by(Decision.bot_id)
+            )
+        ).all()
+    }
     lines = []
     for scan in report.bots:
-        bot = await session.get(Bot, scan.bot_id)
-        if bot is None:
+        if scan.bot_id not in symbols:
             continue
-        wanted = [str(s) for s in scan.signal_ids]
-        decided = set()
-        if wanted:
-            decided = set((await session.execute(select(Decision.signal_id).where(Decision.signal_id.in_(wanted)))).scalars())
-        new_signals = (
-            await session.execute(
-                select(func.count()).select_from(SignalRow).where(SignalRow.window_id == window_id, SignalRow.bot_id == bot.id)
-            )
-        ).scalar_one()
-        opened = (
-            await session.execute(
-                select(func.count(Decision.id), func.count(Decision.client_order_id))
-                .join(SignalRow, SignalRow.signal_id == Decision.signal_id)
-                .where(SignalRow.window_id == window_id, Decision.bot_id == bot.id, Decision.action == "open")
-            )
-        ).one()
+        decisions, orders = opened.get(scan.bot_id, (0, 0))
         lines.append(
             ScanLine(
-                bot=bot.id,
-                symbol=bot.symbol,
+                bot=scan.bot_id,
+                symbol=symbols[scan.bot_id],
                 strategies=len(scan.strategies),
-                signals=int(new_signals),
-                decisions=int(opened[0]),
-                orders=int(opened[1]),
-                undecided=tuple(s for s in wanted if s not in decided),
+                signals=int(new_signals.get(scan.bot_id, 0)),
+                decisions=int(decisions),
+                orders=int(orders),
+                undecided=tuple(str(s) for s in scan.signal_ids if str(s) not in decided),
             )
         )
     return lines

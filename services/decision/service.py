@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.decision import events, killswitch, plan
 from services.decision.decisions import handle_signal
 from services.decision.plan import LookbackFor
-from services.decision.scanline import scan_lines
+from services.decision.scanline import ScanLine, scan_lines
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
@@ -42,6 +42,9 @@ log = get_logger("services.decision")
 
 # How many (window, bot) scan lines to remember, so a redelivered ScanReport does not log its lines twice.
 LOGGED_LINES_KEPT = 10_000
+# What this process decided, for scan lines made without a query: windows' tallies, and signal ids decided.
+WINDOWS_KEPT = 2_000
+DECIDED_KEPT = 100_000
 
 
 def _catalog_lookback(settings: Settings):
@@ -77,6 +80,10 @@ class DecisionService:
         self._plan_lock = asyncio.Lock()
         self._account_locks: dict[int, asyncio.Lock] = {}
         self._logged: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # window id -> bot id -> [new signals, decided open, orders sent]; and the signal ids decided here.
+        self._tallies: OrderedDict[str, dict[int, list[int]]] = OrderedDict()
+        self._decided: OrderedDict[str, None] = OrderedDict()
+        self._plan_symbols: dict[int, str] | None = None  # bot id -> symbol, of the last plan
         self.snapshots: dict[int, AccountSnapshot] = {}
         self.last_plan: ScanPlan | None = None
 
@@ -147,6 +154,7 @@ class DecisionService:
                     symbols={s.symbol: [sub.bot_id for sub in s.subscriptions] for s in scan_plan.symbols},
                 )
             self.last_plan = scan_plan
+            self._plan_symbols = {sub.bot_id: sub.symbol for entry in scan_plan.symbols for sub in entry.subscriptions}
             return scan_plan
 
     async def _plan_loop(self) -> None:
@@ -193,7 +201,8 @@ class DecisionService:
                 session=session,
                 signal=signal,
                 now=self._clock.now(),
-                order_ttl_s=self._settings.order_ttl_s,
+                # The order life is real time: on a replay's accelerated clock it spans `speed` times more feed seconds.
+                order_ttl_s=self._settings.order_ttl_s * getattr(self._clock, "speed", 1.0),
                 margin_free=None if snapshot is None else snapshot.margin_free,
             )
         if not outcome.bot_found:
@@ -202,6 +211,7 @@ class DecisionService:
         if outcome.signal_new:
             signals_ingested_total.labels(strategy=signal.strategy, symbol=canonical_symbol(signal.symbol)).inc()
         decision = outcome.decision
+        self._tally(signal, outcome)
         if outcome.decision_new:
             log.info(
                 "decision",
@@ -220,9 +230,45 @@ class DecisionService:
             # After the commit: a crash before this line leaves the message unacked, and its redelivery re-publishes.
             await self._bus.publish(outcome.intent, exchange=topology.EXECUTION_ORDERS, routing_key=str(outcome.intent.account_id))
 
+    def _tally(self, signal: Signal, outcome) -> None:
+        """Note a committed decision for the scan line of its window (the counts `scan_lines` would query)."""
+        self._decided[str(signal.signal_id)] = None
+        while len(self._decided) > DECIDED_KEPT:
+            self._decided.popitem(last=False)
+        if not outcome.signal_new or signal.window_id is None:
+            return  # a signal stored before counts in the window that first made it
+        window = str(signal.window_id)
+        if window not in self._tallies:
+            self._tallies[window] = {}
+            while len(self._tallies) > WINDOWS_KEPT:
+                self._tallies.popitem(last=False)
+        counts = self._tallies[window].setdefault(signal.bot_id, [0, 0, 0])
+        counts[0] += 1
+        if outcome.decision.action == "open":
+            counts[1] += 1
+            counts[2] += outcome.decision.client_order_id is not None
+
+    def _lines_from_memory(self, report: ScanReport) -> list[ScanLine] | None:
+        """The report's scan lines from what this process decided, or None when that does not cover the report (a
+        signal decided elsewhere or before a restart, a bot the last plan does not know): then the tables answer."""
+        symbols = self._plan_symbols
+        if symbols is None:
+            return None
+        tallies = self._tallies.get(str(report.window_id), {})
+        lines = []
+        for scan in report.bots:
+            if scan.bot_id not in symbols or any(str(s) not in self._decided for s in scan.signal_ids):
+                return None
+            signals, decisions, orders = tallies.get(scan.bot_id, (0, 0, 0))
+            lines.append(ScanLine(bot=scan.bot_id, symbol=symbols[scan.bot_id], strategies=len(scan.strategies),
+                                  signals=signals, decisions=decisions, orders=orders))
+        return lines
+
     async def handle_scan_report(self, report: ScanReport, delivery: Delivery | None = None) -> None:
-        async with self._sessions() as session:
-            lines = await scan_lines(session=session, report=report)
+        lines = self._lines_from_memory(report)
+        if lines is None:
+            async with self._sessions() as session:
+                lines = await scan_lines(session=session, report=report)
         undecided = [s for line in lines for s in line.undecided]
         if undecided:
             attempts = 1 if delivery is None else delivery.delivery_count

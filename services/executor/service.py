@@ -117,6 +117,8 @@ class ExecutorService:
         self._lock = asyncio.Lock()
         self._pending_closes: list[tuple[tuple[int, ...], ClosedPosition]] = []
         self._outbox: list[tuple[str, Message]] = []
+        # Whether a closed position may still lack its published `closed` event (true at start: a crash may have left one).
+        self._closes_to_publish = True
         self._consumers: list[Consumer] = []
         self._monitor_task: asyncio.Task | None = None
         self._started = False
@@ -445,9 +447,8 @@ class ExecutorService:
         now = self._clock.now()
         created = False
         async with transaction(self._sessions) as session:
-            order = await store.get_order(session=session, client_order_id=intent.client_order_id)
+            order, clash = await store.order_for_intent(session=session, client_order_id=intent.client_order_id, decision_id=intent.decision_id)
             if order is None:
-                clash = await store.get_order_by_decision(session=session, decision_id=intent.decision_id)
                 if clash is not None:
                     raise InvalidMessage(
                         f"decision {intent.decision_id} already has order {clash.client_order_id}, not {intent.client_order_id}"
@@ -490,8 +491,11 @@ class ExecutorService:
             return
         if created and self._exit_rule.opposite_signal:
             await self._exit_on_opposite(intent)
-        # `_settle` expires an intent already past its expiry without calling the broker.
-        await self._settle(order, deviation=intent.deviation, produced_at=intent.produced_at, ask_broker_first=not created)
+        # `_settle` expires an intent already past its expiry without calling the broker. An order created just now
+        # had its kill-switch block checked in the transaction that recorded it.
+        await self._settle(
+            order, deviation=intent.deviation, produced_at=intent.produced_at, ask_broker_first=not created, block_checked=created
+        )
 
     async def reconcile_unsettled(self) -> None:
         """Settle every order left in `sending` (start-up, or an intent whose deliveries ran out): ask the broker first."""
@@ -507,7 +511,9 @@ class ExecutorService:
             except Exception as exc:  # noqa: BLE001  it stays `sending` and is tried again next cycle
                 self._log.warning("order still unsettled", client_order_id=order.client_order_id, error=repr(exc))
 
-    async def _settle(self, order: Order, *, deviation: int, produced_at: datetime | None, ask_broker_first: bool) -> None:
+    async def _settle(
+        self, order: Order, *, deviation: int, produced_at: datetime | None, ask_broker_first: bool, block_checked: bool = False
+    ) -> None:
         """Bring an order in `sending` to a final status: reconcile with the broker, expire it, or send it."""
         broker = self._brokers[order.account_id]
         if ask_broker_first:
@@ -521,11 +527,12 @@ class ExecutorService:
         if now >= order.expires_at:
             await self._expire(order)
             return
-        async with self._sessions() as session:
-            killed = await store.bot_block(session=session, account_id=order.account_id, bot_id=order.bot_id)
-        if killed is not None:
-            await self._record(order, PlaceResult(status="rejected", reason=BOT_KILLED))
-            return
+        if not block_checked:
+            async with self._sessions() as session:
+                killed = await store.bot_block(session=session, account_id=order.account_id, bot_id=order.bot_id)
+            if killed is not None:
+                await self._record(order, PlaceResult(status="rejected", reason=BOT_KILLED))
+                return
         request = OrderRequest(
             client_order_id=order.client_order_id,
             symbol=order.symbol,
@@ -727,6 +734,7 @@ class ExecutorService:
                     continue
                 row.status, row.close_reason, row.closed_at = "closed", reason, now
                 closed.append(row)
+        self._closes_to_publish = self._closes_to_publish or bool(closed)
         for row in closed:
             self._log.error("broker has no such position: marked closed without a price", account_id=account_id, ticket=row.ticket)
         await self._publish_closed_events()
@@ -782,6 +790,7 @@ class ExecutorService:
                     if order is not None and order.sl is not None and row.sl is not None and abs(row.sl - order.sl) > 1e-9:
                         reason = "trail"
                 row.status = "closed"
+                self._closes_to_publish = True
                 row.close_price = closed.close_price
                 row.close_reason = reason
                 row.closed_at = closed.closed_at
@@ -797,14 +806,25 @@ class ExecutorService:
 
         The close is committed first and published after; a process that dies in between publishes it on start-up
         (same message id, so a consumer that saw it already drops the copy)."""
-        async with self._sessions() as session:
-            rows = await store.unsent_closes(session=session, account_ids=self._account_ids)
+        if not self._closes_to_publish:
+            return  # nothing closed since the last look: no query on every bar window and every fill
+        self._closes_to_publish = False  # cleared before the look: a close recorded meanwhile sets it again
+        try:
+            async with self._sessions() as session:
+                rows = await store.unsent_closes(session=session, account_ids=self._account_ids)
+        except BaseException:
+            self._closes_to_publish = True
+            raise
         for row in rows:
             self._enqueue(topology.position_key(row.account_id), store.position_event(row, kind="closed", at=row.closed_at or row.opened_at))
-        await self._drain()
-        if rows:
-            async with transaction(self._sessions) as session:
-                await store.mark_close_events_sent(session=session, ids=[r.id for r in rows])
+        try:
+            await self._drain()
+            if rows:
+                async with transaction(self._sessions) as session:
+                    await store.mark_close_events_sent(session=session, ids=[r.id for r in rows])
+        except BaseException:
+            self._closes_to_publish = True
+            raise
 
     def _enqueue(self, routing_key: str, message: Message) -> None:
         if all(queued.message_id != message.message_id for _, queued in self._outbox):

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AccountSnapshotRow, BotBlock, Order, Position
@@ -21,8 +21,17 @@ async def get_order(*, session: AsyncSession, client_order_id: str) -> Order | N
     return (await session.execute(select(Order).where(Order.client_order_id == client_order_id))).scalar_one_or_none()
 
 
-async def get_order_by_decision(*, session: AsyncSession, decision_id: int) -> Order | None:
-    return (await session.execute(select(Order).where(Order.decision_id == decision_id))).scalar_one_or_none()
+# The two statements of every order intent, built once (each execution binds its values).
+_ORDER_FOR_INTENT = select(Order).where(or_(Order.client_order_id == bindparam("client_order_id"), Order.decision_id == bindparam("decision_id")))
+_BOT_BLOCK = select(BotBlock).where(BotBlock.account_id == bindparam("account_id"), BotBlock.bot_id.in_([bindparam("bot_id"), 0]))
+
+
+async def order_for_intent(*, session: AsyncSession, client_order_id: str, decision_id: int) -> tuple[Order | None, Order | None]:
+    """In one query: the intent's order (by client order id), else another order already made for its decision."""
+    params = {"client_order_id": client_order_id, "decision_id": decision_id}
+    rows = (await session.execute(_ORDER_FOR_INTENT, params)).scalars().all()
+    mine = next((row for row in rows if row.client_order_id == client_order_id), None)
+    return mine, None if mine is not None else next(iter(rows), None)
 
 
 async def unsettled_orders(
@@ -95,8 +104,7 @@ async def mark_close_events_sent(*, session: AsyncSession, ids: list[int]) -> No
 
 async def bot_block(*, session: AsyncSession, account_id: int, bot_id: int) -> BotBlock | None:
     """The kill-switch block on this bot (or on its whole account), if any."""
-    stmt = select(BotBlock).where(BotBlock.account_id == account_id, BotBlock.bot_id.in_([bot_id, 0]))
-    return (await session.execute(stmt)).scalars().first()
+    return (await session.execute(_BOT_BLOCK, {"account_id": account_id, "bot_id": bot_id})).scalars().first()
 
 
 async def block_bot(*, session: AsyncSession, account_id: int, bot_id: int, reason: str, at: datetime) -> None:

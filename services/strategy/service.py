@@ -11,9 +11,9 @@ from pydantic import BaseModel, ValidationError
 from shared import metrics
 from shared.bars import Bars
 from shared.bus import topology
-from shared.bus.base import Bus, Consumer, Delivery
+from shared.bus.base import Bus, Consumer, Delivery, Outgoing
 from shared.logging import get_logger
-from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, Signal, signal_id_for
+from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, Signal, StrategyConfig, signal_id_for
 from shared.settings import Settings
 from shared.strategies.base import EvalContext, Match, WindowCache
 from shared.strategies.catalog import CATALOG, Catalog, InvalidParams
@@ -25,9 +25,10 @@ log = get_logger(__name__)
 Key = tuple[str, BaseModel]  # (strategy name, validated params): what is evaluated once per window
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Entry:
-    """One strategy config of one bot, resolved against the catalog."""
+    """A strategy config resolved against the catalog. Bots that run a strategy with its defaults share one entry per
+    window, so equality is identity: cheap to look up, where hashing the params model for every bot is not."""
 
     name: str
     key: Key | None
@@ -47,6 +48,7 @@ def _window_bars(window: BarWindow) -> Bars:
 def _resolve(window: BarWindow, catalog: Catalog) -> list[list[_Entry]]:
     """Each subscription's configs as catalog keys. A config the catalog cannot judge (unknown name, refused
     parameters) becomes an error for that bot alone: the window's other bots still run."""
+    defaults: dict[str, _Entry | InvalidParams] = {}  # by strategy name: the entry every bot on its defaults shares
     plan = []
     for sub in window.subscriptions:
         entries, seen = [], set()
@@ -59,18 +61,30 @@ def _resolve(window: BarWindow, catalog: Catalog) -> list[list[_Entry]]:
                 # A newer catalog upstream (a rolling deploy): report it for this bot, keep scanning the others.
                 entries.append(_Entry(config.name, None, f"{config.name}: unknown strategy"))
                 continue
-            try:
-                params = catalog.parse_params(config.name, config.params)
-            except InvalidParams as exc:
+            if config.params:
+                resolved = _parse(config, catalog)
+            else:  # most bots run a strategy with its defaults: resolve those once per window, not once per bot
+                if config.name not in defaults:
+                    defaults[config.name] = _parse(config, catalog)
+                resolved = defaults[config.name]
+            if isinstance(resolved, InvalidParams):
                 metrics.strategy_errors_total.labels(strategy=config.name).inc()
                 log.warning("strategy_params_refused", strategy=config.name, bot_id=sub.bot_id, symbol=sub.symbol,
-                            window_id=str(window.message_id), error=str(exc))
-                problems = str(exc).removeprefix(f"{config.name}: ")
+                            window_id=str(window.message_id), error=str(resolved))
+                problems = str(resolved).removeprefix(f"{config.name}: ")
                 entries.append(_Entry(config.name, None, f"{config.name}: invalid parameters: {problems}"))
                 continue
-            entries.append(_Entry(config.name, (config.name, params)))
+            entries.append(resolved)
         plan.append(entries)
     return plan
+
+
+def _parse(config: StrategyConfig, catalog: Catalog) -> _Entry | InvalidParams:
+    """The config as an entry, or why the catalog refuses its parameters."""
+    try:
+        return _Entry(config.name, (config.name, catalog.parse_params(config.name, config.params)))
+    except InvalidParams as exc:
+        return exc
 
 
 def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[list[Signal], ScanReport]:
@@ -94,22 +108,15 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
     # One indicator cache per window: strategies that need ATR(14) (or any same indicator) on these bars share it.
     ctx = EvalContext(spec=spec, levels=window.levels, cache=WindowCache(bars))
 
-    results: dict[Key, Match | Exception | None] = {}
+    results: dict[Key, Match | Exception | None] = {}  # one evaluation per distinct (strategy, params)
+    outcomes: dict[_Entry, Match | Exception | None] = {}  # each entry's result, looked up by identity per bot
     for entries in plan:
         for entry in entries:
-            if entry.key is None or entry.key in results:
+            if entry.key is None or entry in outcomes:
                 continue
-            name, params = entry.key
-            try:
-                match = catalog.get(name).evaluate(bars, ctx, params)
-                if match is not None and not isinstance(match, Match):
-                    raise TypeError(f"evaluate returned {type(match).__name__}, not Match or None")
-            except Exception as exc:  # one bad strategy must not stop the others (conventions.md, "Strategies")
-                metrics.strategy_errors_total.labels(strategy=name).inc()
-                log.exception("strategy_failed", strategy=name, symbol=window.symbol, bar_time=bar_time.isoformat(),
-                              window_id=str(window.message_id))
-                match = exc
-            results[entry.key] = match
+            if entry.key not in results:
+                results[entry.key] = _evaluate(entry.key, bars, ctx, catalog=catalog, window=window, bar_time=bar_time)
+            outcomes[entry] = results[entry.key]
 
     signals: list[Signal] = []
     bots: list[BotScan] = []
@@ -120,7 +127,7 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
                 errors.append(entry.error)
                 continue
             evaluated.append(entry.name)
-            result = results[entry.key]
+            result = outcomes[entry]
             if result is None:
                 continue
             if isinstance(result, Exception):
@@ -165,6 +172,21 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
     return signals, report
 
 
+def _evaluate(key: Key, bars: Bars, ctx: EvalContext, *, catalog: Catalog, window: BarWindow, bar_time: datetime) -> Match | Exception | None:
+    """One strategy's verdict on the window; a strategy that raises (or returns something else) gives its exception."""
+    name, params = key
+    try:
+        match = catalog.get(name).evaluate(bars, ctx, params)
+        if match is not None and not isinstance(match, Match):
+            raise TypeError(f"evaluate returned {type(match).__name__}, not Match or None")
+    except Exception as exc:  # one bad strategy must not stop the others (conventions.md, "Strategies")
+        metrics.strategy_errors_total.labels(strategy=name).inc()
+        log.exception("strategy_failed", strategy=name, symbol=window.symbol, bar_time=bar_time.isoformat(),
+                      window_id=str(window.message_id))
+        return exc
+    return match
+
+
 class StrategyWorker:
     """Consume `strategy.bars` (every worker competes for it), publish Signals, then the window's ScanReport."""
 
@@ -196,6 +218,7 @@ class StrategyWorker:
         signals, report = await self.handle_window(message)
         # Signals first, then the report that lists them: decision may log the scan line once it has them all.
         # A redelivered window republishes the same signal_ids; decision's unique keys drop the repeats.
-        for signal in signals:
-            await self._bus.publish(signal, exchange=topology.STRATEGY_SIGNALS, routing_key=topology.signals_key(message.symbol))
-        await self._bus.publish(report, exchange=topology.STRATEGY_SIGNALS, routing_key=topology.scan_report_key(message.symbol))
+        signals_key = topology.signals_key(message.symbol)
+        batch = [Outgoing(signal, topology.STRATEGY_SIGNALS, signals_key) for signal in signals]
+        batch.append(Outgoing(report, topology.STRATEGY_SIGNALS, topology.scan_report_key(message.symbol)))
+        await self._bus.publish_many(batch)

@@ -1,6 +1,6 @@
 """The message bus: one interface, an in-memory and a RabbitMQ back end."""
 
-from shared.bus.base import Bus, Consumer, Delivery, Handler, InvalidMessage, QueueSpec, TransientError, Unroutable
+from shared.bus.base import Bus, Consumer, Delivery, Handler, InvalidMessage, Outgoing, QueueSpec, TransientError, Unroutable
 
 
 def create_bus(url: str, *, delivery_limit: int = 5, prefetch: int = 32) -> Bus:
@@ -16,4 +16,4 @@ def create_bus(url: str, *, delivery_limit: int = 5, prefetch: int = 32) -> Bus:
     raise ValueError(f"unknown bus url {url!r}: use memory:// or amqp://user:pass@host:port/")
 
 
-__all__ = ["Bus", "Consumer", "Delivery", "Handler", "InvalidMessage", "QueueSpec", "TransientError", "Unroutable", "create_bus"]
+__all__ = ["Bus", "Consumer", "Delivery", "Handler", "InvalidMessage", "Outgoing", "QueueSpec", "TransientError", "Unroutable", "create_bus"]

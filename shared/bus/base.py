@@ -10,12 +10,15 @@ Semantics every back end keeps (architecture.md, "Bus topology" and "Redelivery"
 - a consumer runs its handler on one message at a time (prefetch only bounds what is buffered), so a service
   that must not race itself (decision) just uses one consumer;
 - a publish to a work exchange that routes to no queue raises `Unroutable` (RabbitMQ: mandatory + returned);
-  on `OPTIONAL_ROUTE_EXCHANGES` it is dropped.
+  on `OPTIONAL_ROUTE_EXCHANGES` it is dropped;
+- `publish_many` sends its messages in order and awaits their confirms together: it returns once every one is
+  confirmed, or raises the first failure in batch order once all have settled (the others may have been delivered,
+  so a caller retries the whole batch and consumers drop the repeats).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -68,6 +71,16 @@ class Delivery:
 Handler = Callable[[Message, Delivery], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message of a `publish_many` batch and where it goes."""
+
+    message: Message
+    exchange: str
+    routing_key: str = ""
+    headers: dict[str, str] | None = None
+
+
 class Consumer(Protocol):
     async def cancel(self) -> None: ...
 
@@ -82,6 +95,9 @@ class Bus(Protocol):
 
     async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish durably; return only once the broker has accepted the message (confirm)."""
+
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
+        """Publish `batch` in order, as `publish` does each message, waiting for all the confirms at once."""
 
     async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None) -> Consumer:
         """Declare `spec` and deliver its messages to `handler` until the consumer is cancelled."""
@@ -98,6 +114,7 @@ __all__ = [
     "Delivery",
     "Handler",
     "InvalidMessage",
+    "Outgoing",
     "QueueSpec",
     "TransientError",
     "Unroutable",

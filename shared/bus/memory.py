@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.bus.base import (
@@ -21,6 +22,7 @@ from shared.bus.base import (
     TYPE_HEADER,
     Delivery,
     Handler,
+    Outgoing,
     QueueSpec,
     Unroutable,
 )
@@ -221,6 +223,18 @@ class InMemoryBus:
         # A PRODUCER span (a new trace when no span is active) whose W3C context travels in the headers.
         with publish_span(exchange=exchange, routing_key=routing_key, message_type=message.type_name, headers=carried, system="memory"):
             await self.publish_raw(message.encode(), exchange=exchange, routing_key=routing_key, headers=carried)
+
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
+        """Publish each message in order; like RabbitMQ's confirms awaited together, every one is tried and the
+        first failure is raised after the batch (base.py)."""
+        failures: list[Exception] = []
+        for out in batch:
+            try:
+                await self.publish(out.message, exchange=out.exchange, routing_key=out.routing_key, headers=out.headers)
+            except Exception as exc:  # noqa: BLE001  raised below, once the rest of the batch has been tried
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     async def publish_raw(self, body: bytes, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish already-encoded bytes (tests use it to send malformed messages)."""

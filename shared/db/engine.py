@@ -10,16 +10,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from shared.db import sqlite
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine for `url`; for SQLite the file's folder is created and WAL and foreign keys turned on."""
+    """An async engine for `url`; for SQLite the file's folder is created, WAL and foreign keys turned on."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        database = parsed.database or ":memory:"
+        if database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # aiosqlite's connection and thread, one trip to that thread per statement (shared/db/sqlite.py).
+        engine = create_async_engine(url, async_creator=sqlite.connector(database, timeout=30))
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:

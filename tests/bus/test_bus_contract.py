@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from shared.bus import QueueSpec
-from shared.bus.base import DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, TYPE_HEADER
+from shared.bus.base import DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, TYPE_HEADER, Outgoing
 from shared.bus.topology import CONTROL_PLAN, DEAD_LETTER_QUEUE, EXECUTION_EVENTS, EXECUTION_ORDERS, MARKET_BARS
 from shared.messages import AccountSnapshot, InvalidMessage
 from tests.helpers import eventually
@@ -206,6 +206,39 @@ async def test_unacked_message_of_a_stopped_consumer_is_redelivered(bus):
     await _crash(doomed)
     got = await eventually(lambda: survivor, what="redelivery to the other consumer")
     assert got[0].message.account_id == 7 and got[0].redelivered is True
+
+
+async def test_publish_many_delivers_every_message_in_batch_order(bus):
+    spec, key = fresh_queue()
+    seen = []
+    await bus.consume(spec, lambda m, d: _append(seen, m.account_id))
+    await bus.publish_many([Outgoing(snapshot(n), EXECUTION_EVENTS, key) for n in range(1, 31)])
+    await eventually(lambda: len(seen) == 30, what="all 30 delivered")
+    assert seen == list(range(1, 31))
+
+
+async def test_publish_many_raises_an_unroutable_message_after_trying_the_rest(bus):
+    import pytest
+
+    from shared.bus import Unroutable
+
+    spec, key = fresh_queue()
+    seen = []
+    await bus.consume(spec, lambda m, d: _append(seen, m.account_id))
+    nobody = f"nobody-{uuid.uuid4().hex}"
+    batch = [Outgoing(snapshot(1), EXECUTION_EVENTS, key), Outgoing(snapshot(2), EXECUTION_ORDERS, nobody),
+             Outgoing(snapshot(3), EXECUTION_EVENTS, key)]
+    with pytest.raises(Unroutable, match=nobody):
+        await bus.publish_many(batch)
+    await eventually(lambda: len(seen) == 2, what="the routable messages delivered")
+    assert seen == [1, 3]
+
+
+async def test_publish_many_of_nothing_publishes_nothing(bus):
+    spec, _ = fresh_queue()
+    await bus.declare_queue(spec)
+    await bus.publish_many([])
+    assert await bus.queue_depth(spec.name) == 0
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import pytest
 from aio_pika.exceptions import ChannelPreconditionFailed
 
 from shared.bus import QueueSpec, Unroutable
-from shared.bus.base import DEATH_REASON_HEADER, DELIVERY_COUNT_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, TYPE_HEADER
+from shared.bus.base import DEATH_REASON_HEADER, DELIVERY_COUNT_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, TYPE_HEADER, Outgoing
 from shared.bus.rabbitmq import PublishRejected, RabbitBus
 from shared.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTERS, EXECUTION_EVENTS, EXECUTION_ORDERS, MARKET_BARS
-from tests.bus.conftest import AMQP_URL, rabbit_bus
+from tests.bus.conftest import AMQP_URL, TestRabbitBus, rabbit_bus
 from tests.bus.test_bus_contract import fresh_queue, snapshot
 from tests.helpers import eventually
 
@@ -147,6 +147,49 @@ async def test_broker_nack_raises(rabbit, amqp):
     await full.bind(EXECUTION_ORDERS, key)
     with pytest.raises(PublishRejected):
         await rabbit.publish(snapshot(), exchange=EXECUTION_ORDERS, routing_key=key)
+
+
+async def test_publish_many_raises_a_broker_nack_and_confirms_the_rest(rabbit, amqp):
+    key = f"full-{uuid.uuid4().hex[:8]}"
+    channel = await amqp.channel()
+    full = await channel.declare_queue(exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    await full.bind(EXECUTION_ORDERS, key)
+    spec, open_key = fresh_queue(EXECUTION_ORDERS)
+    await rabbit.declare_queue(spec)
+    with pytest.raises(PublishRejected):
+        await rabbit.publish_many([Outgoing(snapshot(1), EXECUTION_ORDERS, key), Outgoing(snapshot(2), EXECUTION_ORDERS, open_key)])
+    assert await rabbit.queue_depth(spec.name) == 1  # confirmed before publish_many returned
+
+
+class InFlightBus(TestRabbitBus):
+    """Counts the publishes waiting for their confirm at the same time."""
+
+    __test__ = False
+
+    def __init__(self, url: str, **kw) -> None:
+        super().__init__(url, **kw)
+        self.in_flight = self.most_in_flight = 0
+
+    async def _send(self, body: bytes, **kw) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await super()._send(body, **kw)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_publish_many_awaits_the_confirms_together_not_one_by_one(rabbit):
+    bus = InFlightBus(AMQP_URL, connect_attempts=1)
+    await bus.start()
+    try:
+        spec, key = fresh_queue()
+        await bus.declare_queue(spec)
+        await bus.publish_many([Outgoing(snapshot(n), EXECUTION_EVENTS, key) for n in range(10)])
+        assert bus.most_in_flight == 10
+        assert await bus.queue_depth(spec.name) == 10
+    finally:
+        await bus.clean_up()
 
 
 async def test_messages_are_persistent_json_with_the_type_header_and_headers_pass_through(rabbit, amqp):

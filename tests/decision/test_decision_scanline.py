@@ -126,3 +126,47 @@ async def test_last_delivery_logs_what_it_has(db, bus, user, account):
     [line] = scan_lines(logs)
     assert line["signals"] == 0
     assert any(e["event"] == "scan line logged with signals still undecided" and e["log_level"] == "warning" for e in logs)
+
+
+async def test_scan_line_of_signals_decided_here_needs_no_query_and_matches_the_tables(db, bus, user, account, monkeypatch):
+    """Decided in this process and known to the plan: the lines come from memory, and say what the tables say."""
+    from services.decision import service as service_module
+    from services.decision.scanline import scan_lines as lines_from_tables
+
+    bot = await add_bot(db, user, account, risk_max_per_symbol=1, risk_max_concurrent_positions=5)
+    quiet = await add_bot(db, user, account, symbol="EURUSDm")
+    service = service_for(bus, db)
+    await service.refresh_plan()
+    earlier, window = uuid.uuid4(), uuid.uuid4()
+    old = make_signal(bot, strategy="doji_breakout", bar_time=T0 - timedelta(minutes=1), window_id=earlier)
+    rescanned = old.model_copy(update={"window_id": window, "message_id": uuid.uuid4()})
+    a = make_signal(bot, strategy="price_action_pinbar", window_id=window, score=0.9)
+    b = make_signal(bot, strategy="trend_pullback", window_id=window, score=0.1)
+    for sig in (old, rescanned, a, b):
+        await service.handle_signal(sig)
+    report = ScanReport(
+        window_id=window, symbol="XAUUSD", timeframe="1m", bar_time=T0,
+        bots=(
+            BotScan(bot_id=bot.id, strategies=STRATEGIES, signal_ids=(rescanned.signal_id, a.signal_id, b.signal_id)),
+            BotScan(bot_id=quiet.id, strategies=STRATEGIES[:2], signal_ids=()),
+        ),
+    )
+
+    async def no_query(**_):
+        raise AssertionError("the scan line queried the tables")
+
+    monkeypatch.setattr(service_module, "scan_lines", no_query)
+    with capture_logs() as logs:
+        await service.on_signals_queue(report, delivery(report))
+    async with db() as session:
+        expected = [line.text() for line in await lines_from_tables(session=session, report=report)]
+    assert [line["event"] for line in scan_lines(logs)] == expected
+    assert expected[0] == f"[ScalperTrade] bot={bot.id} symbol=XAUUSDm strategies=4 signals=2 decisions=0 orders=0"
+
+    # A signal this process did not decide (another process, or before a restart): the tables answer.
+    monkeypatch.undo()
+    stranger = make_signal(quiet, strategy="trend_pullback", window_id=window)
+    other = ScanReport(window_id=window, symbol="EURUSD", timeframe="1m", bar_time=T0,
+                       bots=(BotScan(bot_id=quiet.id, strategies=STRATEGIES[:2], signal_ids=(stranger.signal_id,)),))
+    with pytest.raises(TransientError):  # undecided, so the report waits for it, as before
+        await service.on_signals_queue(other, delivery(other))

@@ -18,7 +18,7 @@ from shared.bus import topology
 from shared.db.engine import transaction
 from shared.db.models import AuditLog, Bot, BrokerAccount, Decision, SignalRow
 from shared.messages import ExecutionReport, InvalidMessage, OrderIntent, PositionEvent, ScanPlan
-from shared.timeutil import ManualClock
+from shared.timeutil import AcceleratedClock, ManualClock
 
 
 def metric(name: str, **labels) -> float:
@@ -92,6 +92,16 @@ async def test_open_signal_publishes_one_intent_to_the_accounts_executor(db, bus
     assert intent.expires_at == decision.expires_at == T0 + timedelta(seconds=30)
     assert await count(db, AuditLog, AuditLog.kind == "signal") == 1
     assert await count(db, AuditLog, AuditLog.kind == "decision") == 1
+
+
+async def test_order_life_is_real_time_on_an_accelerated_clock(db, bus, user, account):
+    """At 600x, 30 real seconds of order life are 5 hours of feed time: a fast replay's orders do not expire for speed."""
+    bot = await add_bot(db, user, account)
+    clock = AcceleratedClock(T0, speed=600)
+    await make_service(bus, db, clock=clock).handle_signal(make_signal(bot))
+    [(_, intent)] = bus.sent(topology.EXECUTION_ORDERS)
+    life = intent.expires_at - intent.produced_at
+    assert timedelta(seconds=30 * 600) <= life < timedelta(seconds=30 * 600 + 60)
 
 
 async def test_same_signal_twice_one_row_one_decision_same_intent_republished(db, bus, user, account):

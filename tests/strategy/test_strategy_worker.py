@@ -12,7 +12,8 @@ from strategy_testkit import FLAT, harami_after_a_fall, m1_from_5m, make_bars, p
 from services.strategy.service import StrategyWorker
 from shared.bars import Bars
 from shared.bus import topology
-from shared.bus.base import Delivery, QueueSpec
+from shared.bus.base import Delivery, Outgoing, QueueSpec
+from shared.bus.memory import InMemoryBus
 from shared.messages import (
     BarColumns,
     BarWindow,
@@ -28,6 +29,7 @@ from shared.strategies import harami, pinbar
 from shared.strategies.base import EvalContext, Match, StrategyDef
 from shared.strategies.catalog import Catalog
 from shared.timeutil import ManualClock, from_epoch
+from tests.helpers import eventually
 
 NOW = datetime(2026, 3, 2, 15, 0, 1, tzinfo=UTC)
 
@@ -155,6 +157,23 @@ async def test_a_malformed_subscription_parameter_is_that_bots_error_and_the_oth
     assert metric("strategy_errors_total", strategy="counting") == before + 1
 
 
+async def test_defaults_a_strategy_refuses_are_each_bots_error(calls):
+    class Required(BaseModel):
+        model_config = ConfigDict(frozen=True, extra="forbid")
+
+        threshold: float
+
+    needy = StrategyDef(name="needy", engine="scalper", timeframe="1m", Params=Required, lookback=lambda params: 100,
+                        evaluate=lambda bars, ctx, params: calls.append(params))
+    worker = StrategyWorker(bus=FakeBus(), settings=Settings(), catalog=Catalog([needy]), clock=ManualClock(NOW))
+    before = metric("strategy_errors_total", strategy="needy")
+    signals, report = await worker.handle_window(window_of(sub(1, ("needy", {})), sub(2, ("needy", {})),
+                                                           sub(3, ("needy", {"threshold": 0.5}))))
+    assert signals == [] and len(calls) == 1
+    assert [b.errors for b in report.bots] == [("needy: invalid parameters: threshold: Field required",)] * 2 + [()]
+    assert metric("strategy_errors_total", strategy="needy") == before + 2  # counted for each bot, as before
+
+
 async def test_an_unknown_strategy_is_reported_for_its_bot_and_the_rest_run(worker, calls):
     window = window_of(sub(1, ("trend_pullback", {}), ("counting", {}), ("counting", {"threshold": 0.9})))
     signals, report = await worker.handle_window(window)
@@ -232,10 +251,16 @@ class FakeBus:
 
     def __init__(self) -> None:
         self.published: list[tuple[Message, str, str]] = []
+        self.batches: list[int] = []  # the size of each publish_many
         self.consumers: list[tuple[QueueSpec, object, int | None, FakeConsumer]] = []
 
     async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers=None) -> None:
         self.published.append((message, exchange, routing_key))
+
+    async def publish_many(self, batch: list[Outgoing]) -> None:
+        self.batches.append(len(batch))
+        for out in batch:
+            await self.publish(out.message, exchange=out.exchange, routing_key=out.routing_key, headers=out.headers)
 
     async def consume(self, spec: QueueSpec, handler, *, prefetch: int | None = None) -> FakeConsumer:
         consumer = FakeConsumer()
@@ -257,12 +282,34 @@ async def test_the_worker_consumes_strategy_bars_and_publishes_signals_then_the_
         ("Signal", "strategy.signals", "signals.XAUUSD"),
         ("ScanReport", "strategy.signals", "scan.XAUUSD"),
     ]
+    assert bus.batches == [3]  # one batch: its confirms are awaited together
     report = bus.published[-1][0]
     published_ids = [m.signal_id for m, _, _ in bus.published if isinstance(m, Signal)]
     assert [sid for bot in report.bots for sid in bot.signal_ids] == published_ids
 
     await worker.stop()
     assert consumer.cancelled
+
+
+async def test_over_the_in_memory_bus_the_signals_reach_decision_before_their_report(calls):
+    bus = InMemoryBus()
+    await bus.start()
+    catalog = Catalog([counting_strategy(calls)])
+    worker = StrategyWorker(bus=bus, settings=Settings(), catalog=catalog, clock=ManualClock(NOW))
+    await worker.start()
+    received: list[Message] = []
+
+    async def record(message: Message, delivery: Delivery) -> None:
+        received.append(message)
+
+    await bus.consume(topology.DECISION_SIGNALS, record)
+    window = window_of(sub(1, ("counting", {})), sub(2, ("counting", {})), sub(3, ("counting", {"threshold": 0.9})))
+    await bus.publish(window, exchange=topology.MARKET_BARS, routing_key=topology.bars_key("1m", "XAUUSD"))
+    await eventually(lambda: len(received) == 4, what="three signals and the report")
+    await bus.close()
+    assert [type(m).__name__ for m in received] == ["Signal", "Signal", "Signal", "ScanReport"]
+    assert [s.bot_id for s in received[:3]] == [1, 2, 3]
+    assert [sid for bot in received[3].bots for sid in bot.signal_ids] == [s.signal_id for s in received[:3]]
 
 
 async def test_the_handler_refuses_a_message_that_is_not_a_bar_window(worker):
