@@ -143,20 +143,20 @@ IDLE_SETTLE_S = 0.25
 
 
 async def paced(measure_fn, bus, sessions, entry, windows: list[BarWindow], **kw) -> dict:
-    """Three warm-up samples, then the windows twice, each time for fresh bots: back to back (each window published
+    """Three warm-up samples, then half the windows each way, every one for a fresh bot: back to back (each window published
     as soon as the previous order reached the broker, while its follow-ups still run) and on an idle engine (as live
     windows come, a minute apart per symbol)."""
     subs = entry.subscriptions
-    n = len(windows) - 3
+    n = (len(windows) - 3) // 2
 
     def bots(first: int, count: int):
         return entry.model_copy(update={"subscriptions": subs[first:first + count]})
 
     await measure_fn(bus, sessions, bots(0, 3), windows[:3], **kw)
-    busy, busy_missed = await measure_fn(bus, sessions, bots(3, n), windows[3:], **kw)
+    busy, busy_missed = await measure_fn(bus, sessions, bots(3, n), windows[3:3 + n], **kw)
     busy_stages = list(STAGES)
     STAGES.clear()
-    idle, idle_missed = await measure_fn(bus, sessions, bots(3 + n, n), windows[3:], settle_s=IDLE_SETTLE_S, **kw)
+    idle, idle_missed = await measure_fn(bus, sessions, bots(3 + n, n), windows[3 + n:3 + 2 * n], settle_s=IDLE_SETTLE_S, **kw)
     return {"latencies": busy, "missed": busy_missed, "stages": busy_stages,
             "idle": idle, "idle_missed": idle_missed, "idle_stages": list(STAGES)}
 
@@ -177,7 +177,7 @@ def distributed(gold: Path, samples: int) -> dict:
     cluster = None
 
     async def prepare():
-        engine, _, entry = await prepare_database(url, 2 * samples)
+        engine, _, entry = await prepare_database(url, samples)
         await engine.dispose()
         return entry
 
@@ -238,7 +238,7 @@ async def embedded(gold: Path, samples: int) -> dict:
     settings = Settings(
         database_url=url, bus_url="memory://", order_ttl_s=60, scan_interval_s=3600, monitor_interval_s=3600, log_level="WARNING"
     )
-    engine, sessions, entry = await prepare_database(url, 2 * samples)
+    engine, sessions, entry = await prepare_database(url, samples)
     windows = matching_windows(gold, entry, samples)
     now = datetime.now(UTC)
     clock = SharedClock(now, now, 1.0)

@@ -69,7 +69,7 @@ async def _in_transaction(work):
 
     settings = Settings()
     await asyncio.to_thread(upgrade, settings.database_url)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     try:
         async with transaction(session_factory(engine)) as session:
             return await work(session)

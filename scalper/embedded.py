@@ -79,7 +79,7 @@ class EmbeddedStack:
         self.settings = settings
         self.feed = feed if feed is not None else make_feed(settings.feed)
         self.bus = bus or create_bus(settings.bus_url, delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
-        self.engine = create_engine(settings.database_url)
+        self.engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.sessions = session_factory(self.engine)
         self._clock = clock
         self.market_data: MarketDataService | None = None

@@ -189,7 +189,7 @@ class ServiceProcess:
     def __init__(self, settings: Settings, *, bus: Bus | None = None) -> None:
         self.settings = settings
         self.bus = bus or create_bus(settings.bus_url, delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
-        self.engine = create_engine(settings.database_url) if self.uses_database else None
+        self.engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous) if self.uses_database else None
         self.sessions = session_factory(self.engine) if self.engine is not None else None
         self.service = None
 

@@ -20,6 +20,11 @@ class Settings(BaseSettings):
         default=f"sqlite+aiosqlite:///{REPO_ROOT / 'var' / 'scalper.db'}",
         description="SQLAlchemy async URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://...",
     )
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="SQLite only: `normal` does not wait for the disk at each commit (safe if the process dies; a power "
+        "cut may lose the last transactions, as the in-memory bus loses its messages); `full` syncs every commit",
+    )
     bus_url: str = Field(default="memory://", description="memory:// or amqp://user:pass@host:port/vhost")
     feed: str = Field(default="synthetic", description="synthetic | replay:PATH | mt5")
     broker: Literal["paper", "mt5"] = "paper"

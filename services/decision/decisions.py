@@ -101,6 +101,7 @@ def order_intent_for(decision: Decision | Decided) -> OrderIntent:
     )
 
 
+# The statements of every signal, built once: each execution binds its values, and the compiled form is cached.
 _INSERT_DECISION = Decision.__table__.insert().returning(Decision.__table__.c.id)
 _OPEN_DECISION = (
     Decision.__table__.update()
@@ -182,9 +183,8 @@ def pending_margin(*, account: BrokerAccount, sent: list[tuple[str, float | None
     return total
 
 
-# Built once: the statement's parameters come with each execution, so its compiled form is cached.
 _INSERT_SIGNAL = {
-    name: insert(SignalRow).on_conflict_do_nothing().returning(SignalRow.signal_id)
+    name: insert(SignalRow.__table__).on_conflict_do_nothing().returning(SignalRow.__table__.c.signal_id)
     for name, insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
 }
 
@@ -213,7 +213,7 @@ async def store_signal(*, session: AsyncSession, signal: Signal, now: datetime) 
     """Insert the signal's row unless it exists (by id, or by its dedupe key): one INSERT .. ON CONFLICT DO NOTHING.
 
     Return the stored row's signal id (the earlier row's on a repeat) and whether this call inserted it; the caller
-    writes the new signal's audit row (with the decision's, in one statement at the commit).
+    writes the new signal's audit row (in one INSERT with the decision's).
     """
     stmt = _INSERT_SIGNAL[session.get_bind().dialect.name]
     inserted = (await session.execute(stmt, _signal_values(signal, now))).scalar_one_or_none()

@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> int:
         bus = SpoolBus(args.inbox, args.outbox or args.inbox.with_name(args.inbox.stem + ".out.jsonl"), delivery_limit=settings.delivery_limit)
     else:
         bus = create_bus(settings.bus_url, delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     service = ExecutorService(bus=bus, sessions=session_factory(engine), clock=clock, settings=settings, broker=broker,
                               account_ids=[args.account_id], instance=f"ex-{args.account_id}", rules=PositionRules())
     stop = asyncio.Event()

@@ -474,7 +474,7 @@ class ExecutorService:
                     created_at=now,
                     updated_at=now,
                 )
-                session.add(order)
+                order.id = await store.insert_order(session=session, order=order)
                 created = True
         if created and order.status == "rejected":
             orders_placed_total.labels(status="rejected").inc()

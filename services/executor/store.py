@@ -26,6 +26,16 @@ _ORDER_FOR_INTENT = select(Order).where(or_(Order.client_order_id == bindparam("
 _BOT_BLOCK = select(BotBlock).where(BotBlock.account_id == bindparam("account_id"), BotBlock.bot_id.in_([bindparam("bot_id"), 0]))
 
 
+_INSERT_ORDER = Order.__table__.insert().returning(Order.__table__.c.id)
+
+
+async def insert_order(*, session: AsyncSession, order: Order) -> int:
+    """Insert a new order's row with one Core statement (the unit of work costs more than the insert); return its id.
+    `order` itself stays out of the session: read it, and load the row to change it."""
+    values = {column.name: getattr(order, column.key) for column in Order.__table__.columns if column.name != "id"}
+    return (await session.execute(_INSERT_ORDER, values)).scalar_one()
+
+
 async def order_for_intent(*, session: AsyncSession, client_order_id: str, decision_id: int) -> tuple[Order | None, Order | None]:
     """In one query: the intent's order (by client order id), else another order already made for its decision."""
     params = {"client_order_id": client_order_id, "decision_id": decision_id}

@@ -15,8 +15,11 @@ from shared.db import sqlite
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for `url`; for SQLite the file's folder is created, WAL and foreign keys turned on."""
+def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngine:
+    """An async engine for `url`; for SQLite the file's folder is created, WAL and foreign keys turned on, and
+    `sqlite_synchronous` set (settings.py: `normal` or `full`)."""
+    if sqlite_synchronous.lower() not in ("normal", "full"):
+        raise ValueError(f"sqlite_synchronous must be normal or full, not {sqlite_synchronous!r}")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ":memory:"
@@ -31,6 +34,7 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
             cur.close()
 
         return engine

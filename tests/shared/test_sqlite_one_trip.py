@@ -89,3 +89,16 @@ async def test_errors_and_rollback(engine):
             await session.execute(items.insert().values(name="a"))  # unique: the whole transaction rolls back
     async with sessions() as session:
         assert (await session.execute(sa.select(items.c.name))).scalars().all() == ["a"]
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("normal", 1), ("full", 2)])
+async def test_synchronous_follows_the_setting(tmp_path, setting, pragma):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}", sqlite_synchronous=setting)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("PRAGMA synchronous"))).scalar_one() == pragma
+            assert (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar_one() == "wal"
+    finally:
+        await engine.dispose()
+    with pytest.raises(ValueError, match="normal or full"):
+        create_engine("sqlite+aiosqlite:///x.db", sqlite_synchronous="off")
