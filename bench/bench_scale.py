@@ -178,15 +178,25 @@ async def publish_all(bus, windows) -> float:
     return time.perf_counter() - t0
 
 
-async def throughput(url: str, windows, workers: int, symbols: int) -> Drain:
-    """Windows per second through the strategy stage: the queue pre-filled, then `workers` processes drain it
-    (done when every window's ScanReport has reached decision.signals)."""
+async def throughput(url: str, windows, workers: int, symbols: int, *, consume: bool = False) -> Drain:
+    """Windows per second through the strategy stage: the queue pre-filled, then `workers` processes drain it; done
+    when every window's Signals and ScanReport are in decision.signals.
+
+    By default nobody consumes decision.signals (the count is read from the queue), so the two cores hold only the
+    stage: the workers and RabbitMQ. `consume=True` adds a consumer in this process that decodes every output, as a
+    decision service on the same machine would; its CPU then counts against the stage's."""
+    from services.strategy.service import scan_window
     from shared.bus import create_bus
     from shared.messages import ScanReport
+    from shared.strategies.catalog import CATALOG
+    from shared.timeutil import utcnow
 
+    expected = len(windows) + sum(len(scan_window(w, catalog=CATALOG, now=utcnow())[0]) for w in windows)
     bus = create_bus(url)
     await bus.start()
     await bus.declare_queue(topology.STRATEGY_BARS)
+    await bus.delete_queue(topology.DECISION_SIGNALS.name)
+    await bus.declare_queue(topology.DECISION_SIGNALS)
     reports = 0
     done = asyncio.Event()
 
@@ -197,7 +207,12 @@ async def throughput(url: str, windows, workers: int, symbols: int) -> Drain:
             if reports >= len(windows):
                 done.set()
 
-    consumer = await bus.consume(topology.DECISION_SIGNALS, count, prefetch=500)
+    async def all_queued() -> None:
+        while await bus.queue_depth(topology.DECISION_SIGNALS.name) < expected:
+            await asyncio.sleep(0.01)
+        done.set()
+
+    consumer = await bus.consume(topology.DECISION_SIGNALS, count, prefetch=500) if consume else None
     await publish_all(bus, windows)
     procs = []
     try:
@@ -206,13 +221,18 @@ async def throughput(url: str, windows, workers: int, symbols: int) -> Drain:
         busy_before, total_before = machine_cpu_seconds()
         started = time.perf_counter()
         go(procs)
+        watcher = None if consume else asyncio.create_task(all_queued())
         await asyncio.wait_for(done.wait(), 600)
         elapsed = time.perf_counter() - started
+        if watcher is not None:
+            await watcher
         worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - worker_before
         busy_after, total_after = machine_cpu_seconds()
     finally:
         stop(procs)
-        await consumer.cancel()
+        if consumer is not None:
+            await consumer.cancel()
+        await bus.delete_queue(topology.DECISION_SIGNALS.name)  # the next run counts from an empty queue
         await bus.close()
     busy = busy_after - busy_before
     per_window_ms = 1000 / len(windows)
@@ -317,8 +337,9 @@ def main() -> None:
         scan_windows = windows_for(plan, 1, gold)
         per = max(1, args.windows // args.symbols)
         load = windows_for(plan, per, gold)
-        for n in (1, 2):
-            results[n] = asyncio.run(throughput(url, load, n, args.symbols))
+        for consume in (False, True):
+            for n in (1, 2):
+                results[consume, n] = asyncio.run(throughput(url, load, n, args.symbols, consume=consume))
         results["scan"] = asyncio.run(scan(url, pg, scan_windows, args.symbols, args.symbols * args.bots_per_symbol))
     finally:
         kit.delete_vhost(vhost)
@@ -327,11 +348,14 @@ def main() -> None:
     bots = args.symbols * args.bots_per_symbol
     print(f"\nStrategy stage throughput ({len(load)} windows of {args.bots_per_symbol} bots each, pre-queued; {cores} cores)")
     print("CPU per window: the workers' own, and the rest of the machine's (RabbitMQ, this process, the OS, other load)")
-    print(f"{'workers':>8} {'windows/s':>10} {'bot-evaluations/s':>18} {'speed-up':>9} {'worker CPU':>11} {'rest CPU':>9} {'cores busy':>11}")
-    for n in (1, 2):
-        d = results[n]
-        print(f"{n:>8} {d.windows_per_s:>10.1f} {d.windows_per_s * args.bots_per_symbol:>18.0f} "
-              f"{d.windows_per_s / results[1].windows_per_s:>8.2f}x {d.worker_cpu_ms:>8.2f} ms {d.rest_cpu_ms:>6.2f} ms {d.busy:>10.0%}")
+    print(f"{'outputs':<28} {'workers':>8} {'windows/s':>10} {'bot-evaluations/s':>18} {'speed-up':>9} {'worker CPU':>11} "
+          f"{'rest CPU':>9} {'cores busy':>11}")
+    for consume, label in ((False, "queued (the stage alone)"), (True, "decoded by a consumer here")):
+        for n in (1, 2):
+            d = results[consume, n]
+            print(f"{label:<28} {n:>8} {d.windows_per_s:>10.1f} {d.windows_per_s * args.bots_per_symbol:>18.0f} "
+                  f"{d.windows_per_s / results[consume, 1].windows_per_s:>8.2f}x {d.worker_cpu_ms:>8.2f} ms "
+                  f"{d.rest_cpu_ms:>6.2f} ms {d.busy:>10.0%}")
     s = results["scan"]
     print(f"\nOne scan: {bots} bots over {args.symbols} symbols, 2 workers, decision on PostgreSQL")
     print(f"publish of {args.symbols} windows {s['publish_s'] * 1000:.0f} ms; all evaluated and decided in {s['elapsed_s']:.2f} s (target 5 s)")
