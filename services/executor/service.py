@@ -30,7 +30,7 @@ from shared.bars import Bars
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError, Unroutable
 from shared.db.engine import transaction
-from shared.db.models import AccountSnapshotRow, BotBlock, Order, Position
+from shared.db.models import AccountSnapshotRow, Order, Position
 from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
