@@ -40,6 +40,7 @@ from shared.settings import Settings  # noqa: E402
 from shared.strategies.catalog import CATALOG, lookback_for  # noqa: E402
 
 BOT_SYMBOL = "XAUUSDm"
+MAX_SAMPLES = 150
 MIN_SCORE = Bot.model_fields["decision_min_score"].default
 
 
@@ -330,6 +331,10 @@ def main() -> None:
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument("--skip-distributed", action="store_true")
     args = parser.parse_args()
+    if not 10 <= args.samples <= MAX_SAMPLES:
+        # Each sample is a paper account, and an account two quorum queues: a broker at the usual 1024 open files
+        # (this machine's: 927) stalls near 400 queues (docs/benchmarks.md).
+        parser.error(f"--samples must be between 10 and {MAX_SAMPLES} (one account, so two RabbitMQ queues, each)")
     gold = Settings().data_dir / "XAUUSD_M1.csv"
     if not gold.is_file():
         print(f"skipped: {gold} is absent (set SCALPER_DATA_DIR)")

@@ -94,6 +94,8 @@ def test_infrastructure_services_are_there_with_health_checks(compose):
     for name in ("rabbitmq", "postgres", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name
     assert {"otel-collector", "jaeger", "prometheus", "grafana"} <= set(services)
+    # Quorum queues hold open files: the broker needs far more than the usual 1024 for hundreds of accounts.
+    assert services["rabbitmq"]["ulimits"]["nofile"]["soft"] >= 65536
 
 
 def test_every_scalper_variable_is_a_setting_and_its_value_parses(compose):
