@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.decision import events, killswitch, plan
-from services.decision.decisions import handle_signal
+from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
 from services.decision.scanline import ScanLine, scan_lines
 from shared.bus import topology
@@ -230,7 +230,7 @@ class DecisionService:
             # After the commit: a crash before this line leaves the message unacked, and its redelivery re-publishes.
             await self._bus.publish(outcome.intent, exchange=topology.EXECUTION_ORDERS, routing_key=str(outcome.intent.account_id))
 
-    def _tally(self, signal: Signal, outcome) -> None:
+    def _tally(self, signal: Signal, outcome: SignalOutcome) -> None:
         """Note a committed decision for the scan line of its window (the counts `scan_lines` would query)."""
         self._decided[str(signal.signal_id)] = None
         while len(self._decided) > DECIDED_KEPT:
@@ -254,7 +254,11 @@ class DecisionService:
         symbols = self._plan_symbols
         if symbols is None:
             return None
-        tallies = self._tallies.get(str(report.window_id), {})
+        tallies = self._tallies.get(str(report.window_id))
+        if tallies is None:
+            if any(scan.signal_ids for scan in report.bots):
+                return None  # its tally is gone (a backlog of over WINDOWS_KEPT windows), or none of its signals was new
+            tallies = {}
         lines = []
         for scan in report.bots:
             if scan.bot_id not in symbols or any(str(s) not in self._decided for s in scan.signal_ids):

@@ -163,8 +163,15 @@ async def test_scan_line_of_signals_decided_here_needs_no_query_and_matches_the_
     assert [line["event"] for line in scan_lines(logs)] == expected
     assert expected[0] == f"[ScalperTrade] bot={bot.id} symbol=XAUUSDm strategies=4 signals=2 decisions=0 orders=0"
 
-    # A signal this process did not decide (another process, or before a restart): the tables answer.
+    # The window's tally gone (a backlog longer than the tallies kept): the tables answer, with the same lines.
     monkeypatch.undo()
+    service._tallies.clear()
+    service._logged.clear()
+    with capture_logs() as logs:
+        await service.on_signals_queue(report, delivery(report))
+    assert [line["event"] for line in scan_lines(logs)] == expected
+
+    # A signal this process did not decide (another process, or before a restart): the tables answer.
     stranger = make_signal(quiet, strategy="trend_pullback", window_id=window)
     other = ScanReport(window_id=window, symbol="EURUSD", timeframe="1m", bar_time=T0,
                        bots=(BotScan(bot_id=quiet.id, strategies=STRATEGIES[:2], signal_ids=(stranger.signal_id,)),))
