@@ -4,9 +4,11 @@ Distributed: decision, executor and strategy as `scalper serve` processes on Rab
 PostgreSQL (a database of the run). Embedded: the same services in this process on the in-memory bus and SQLite.
 
 Each sample is one real gold-file window whose strategies match, shifted to the present and published for one
-fresh bot (its own paper account, so no risk limit refuses it); the latency runs from the publish to the executor
-recording the order as `sending`, the step just before it calls the broker (the executor's clock is the wall clock
-here: SCALPER_CLOCK_START = SCALPER_CLOCK_ANCHOR, speed 1). Also: in aligned mode, bar close to BarWindow publish
+fresh bot; the latency runs from the publish to the executor recording the order as `sending`, the step just before
+it calls the broker (the executor's clock is the wall clock here: SCALPER_CLOCK_START = SCALPER_CLOCK_ANCHOR, speed 1).
+Each bot has its own paper account (a user has one bot per account and symbol, and a bot trades a bar once), so no
+risk limit refuses it. Once a sample's order is filled, the bench closes its position with an executor `close_all`
+command, as a user would: the next window finds no position that its prices would close. Also: in aligned mode, bar close to BarWindow publish
 (the 1 s scan delay plus the scan's own time), and each service process's memory (RSS).
 
     .venv/bin/python bench/bench_latency.py [--samples 100] [--skip-embedded] [--skip-distributed]
@@ -35,7 +37,7 @@ from services.strategy.service import scan_window  # noqa: E402
 from shared.bus import topology  # noqa: E402
 from shared.db.engine import create_engine, session_factory, transaction, upgrade  # noqa: E402
 from shared.db.models import Bot, BrokerAccount, Decision, Order, SignalRow, User  # noqa: E402
-from shared.messages import BarColumns, BarWindow  # noqa: E402
+from shared.messages import BarColumns, BarWindow, ExecutorCommand  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.strategies.catalog import CATALOG, lookback_for  # noqa: E402
 
@@ -97,11 +99,39 @@ def shifted(window: BarWindow, sub, closed_through: datetime) -> BarWindow:
     return BarWindow(symbol=window.symbol, bars=bars, closed_through=closed_through, source="bench", subscriptions=(sub,))
 
 
+async def release(bus, sessions, sub, *, timeout_s: float = 10.0) -> None:
+    """Once the sample's order is settled, close its position (executor `close_all` for the bot) and wait until
+    decision has applied the close: the account takes its next bot's order again."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with sessions() as session:
+            decision = (await session.execute(select(Decision).where(Decision.bot_id == sub.bot_id, Decision.action == "open"))).scalars().first()
+        if decision is not None and decision.order_status not in (None, "sent"):
+            break
+        await asyncio.sleep(0.005)
+    else:
+        raise TimeoutError(f"bot {sub.bot_id}: its order was not settled within {timeout_s} s")
+    if decision.order_status != "filled":
+        return
+    command = ExecutorCommand(command="close_all", account_id=sub.account_id, bot_id=sub.bot_id, reason="manual")
+    await bus.publish(command, exchange=topology.EXECUTION_COMMANDS, routing_key=str(sub.account_id))
+    while time.monotonic() < deadline:
+        async with sessions() as session:
+            status = (await session.execute(select(Decision.position_status).where(Decision.id == decision.id))).scalar_one()
+        if status == "closed":
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"bot {sub.bot_id}: its position was not closed within {timeout_s} s")
+
+
 async def measure(
     bus, sessions, entry, windows: list[BarWindow], *, timeout_s: float = 5.0, brokers: dict | None = None, settle_s: float = 0.0
 ) -> tuple[list[float], int]:
     """Publish each window for its own bot; the wall time until that bot's order reaches the broker (in-process
-    brokers: the call itself) or is recorded as `sending` (separate processes: read from the orders table)."""
+    brokers: the call itself) or is recorded as `sending` (separate processes: read from the orders table).
+
+    With `settle_s` (an idle engine), each sample's position is then closed (`release`) and the next window waits
+    `settle_s` more; back to back, positions stay open until a later window's prices close them."""
     latencies: list[float] = []
     missed = 0
     for window, sub in zip(windows, entry.subscriptions, strict=False):
@@ -136,10 +166,13 @@ async def measure(
             decision = (await session.execute(select(Decision).where(Decision.bot_id == sub.bot_id))).scalars().first()
         if signal is not None and decision is not None:
             STAGES.append(((signal.created_at.timestamp() - t0) * 1000, (order.created_at - signal.created_at).total_seconds() * 1000))
+        if settle_s:
+            await release(bus, sessions, sub)
     return latencies, missed
 
 
-# An idle engine: the previous order's follow-ups (its fill recorded, reported and applied by decision) are done.
+# An idle engine: the previous order's follow-ups (its fill recorded, reported and applied by decision, then its
+# position closed) are done.
 IDLE_SETTLE_S = 0.25
 
 
@@ -356,7 +389,7 @@ def main() -> None:
         result = asyncio.run(embedded(gold, args.samples))
         STAGES.clear()
         rows.append(("embedded (in-memory bus + SQLite, 1 process)", result, 10.0))
-    print("\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")
+    print(f"\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")
     print(f"{'mode':<52} {'pace':<12} {'n':>4} {'missed':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'target p99':>10}")
     for name, result, target in rows:
         for pace, lat, missed in (("back-to-back", result["latencies"], result["missed"]), ("idle engine", result["idle"], result["idle_missed"])):

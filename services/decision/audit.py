@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AuditLog
@@ -72,7 +72,10 @@ def record(*, session: AsyncSession, **fields: Any) -> AuditLog:
     return row
 
 
+_INSERT = AuditLog.__table__.insert()  # Core: the ORM's bulk insert took twice as long for a decision's two rows
+
+
 async def write(*, session: AsyncSession, entries: list[dict[str, Any]]) -> None:
     """Insert audit rows now, in one statement, without loading them as objects (the hot path of a decision)."""
     if entries:
-        await session.execute(insert(AuditLog), entries)
+        await session.execute(_INSERT, entries)

@@ -25,7 +25,7 @@ def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngin
         database = parsed.database or ":memory:"
         if database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # aiosqlite's connection and thread, one trip to that thread per statement (shared/db/sqlite.py).
+        # aiosqlite's connection; statements on the event loop's thread, commits on the connection's (shared/db/sqlite.py).
         engine = create_async_engine(url, async_creator=sqlite.connector(database, timeout=30))
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -33,7 +33,6 @@ def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngin
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
             cur.close()
 

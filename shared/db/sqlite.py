@@ -1,23 +1,52 @@
-"""SQLite for the async engine: aiosqlite's connection, with one trip to its thread per statement.
+"""SQLite for the async engine: aiosqlite's connection, its statements run on the event loop's thread.
 
 aiosqlite runs each call on the connection's own thread, and SQLAlchemy's aiosqlite adapter makes four calls per
 SELECT (open a cursor, execute, fetch all, close) and one more per commit or rollback, even when there is nothing to
-end. Each trip costs a thread wake-up (about 0.1 ms here) against microseconds for the statement itself, so a
-decision of seven statements spent most of its time waiting for threads. This cursor does the four steps in one
-trip, and commit and rollback make no trip outside a transaction. The connection, its thread, its locking and
-sqlite3's behaviour are aiosqlite's, unchanged (aiosqlite is pinned in pyproject.toml: this relies on its
-`Connection._execute` and `_conn`).
+end. A trip to that thread costs about 0.13 ms here (the thread's wake-up, then the event loop's), against 10-50 µs
+for the statements of the trading path (point lookups and one-row writes); the ORM adds about 0.05 ms.
+
+So a statement runs where it is called, in one step (execute, fetch all, close), unless:
+- another connection holds the write lock: the statement then fails at once (`busy_timeout` is 0 on the loop's
+  thread, which must never sleep), and is run again on the connection's thread, which waits for the lock as long as
+  the engine's time-out (30 s) allows; the loop goes on meanwhile, so the holder can finish;
+- the caller runs in `offloaded()`: its statements go to the thread. The HTTP API does (shared/http.py), since a
+  listing or the admin's counts may scan a large table and must not hold up the trading path on the same loop.
+
+Commits and rollbacks always go to the thread: a commit may write the WAL to disk or checkpoint it, and so wait on
+the disk. They make no trip outside a transaction. The connection, its thread and sqlite3's behaviour are otherwise
+aiosqlite's (aiosqlite is pinned in pyproject.toml: this relies on its `Connection._execute` and `_conn`); the
+connection is opened with `check_same_thread=False`, and SQLAlchemy never uses one connection from two tasks at once.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
 import aiosqlite
+
+_OFFLOADED: ContextVar[bool] = ContextVar("scalper_sqlite_offloaded", default=False)
+
+
+@contextmanager
+def offloaded() -> Iterator[None]:
+    """Within this block (and the tasks it starts), SQLite statements run on their connection's thread, never on the
+    event loop's: for work whose statements may be long."""
+    token = _OFFLOADED.set(True)
+    try:
+        yield
+    finally:
+        _OFFLOADED.reset(token)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or one of its extended codes: another connection holds the lock."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
 
 
 def _run(conn: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> tuple[Any, int, int | None, list]:
@@ -59,8 +88,18 @@ class OneTripCursor:
         return await self._trip(sql, parameters, many=True)
 
     async def _trip(self, sql: str, parameters: Any, *, many: bool) -> OneTripCursor:
-        conn = self._connection._conn  # raises ValueError("no active connection") once closed, as aiosqlite does
-        self.description, self.rowcount, self.lastrowid, rows = await self._connection._execute(_run, conn, sql, parameters, many)
+        connection = self._connection
+        if _OFFLOADED.get():
+            result = await connection._execute(connection._run_waiting, sql, parameters, many)
+        else:
+            try:
+                result = connection._run_here(sql, parameters, many)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                # Nothing was done (the lock was not taken): again on the thread, which may wait for the lock.
+                result = await connection._execute(connection._run_waiting, sql, parameters, many)
+        self.description, self.rowcount, self.lastrowid, rows = result
         self._rows = deque(rows)
         return self
 
@@ -80,26 +119,53 @@ class OneTripCursor:
 
 
 class OneTripConnection(aiosqlite.Connection):
-    """aiosqlite's connection whose cursors make one trip per statement."""
+    """aiosqlite's connection whose statements run on the caller's thread, or in one trip to its own (module doc)."""
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection], *, wait_ms: int, **kwargs: Any) -> None:
+        super().__init__(connector, **kwargs)
+        self._wait_ms = wait_ms  # how long a statement on the connection's thread waits for another's lock
+        self._busy_timeout_ms = wait_ms  # the connection's current setting (sqlite3.connect's timeout)
+
+    def _set_busy_timeout(self, ms: int) -> None:
+        if self._busy_timeout_ms != ms:
+            self._conn.execute(f"PRAGMA busy_timeout={ms:d}").close()
+            self._busy_timeout_ms = ms
+
+    def _run_here(self, sql: str, parameters: Any, many: bool) -> tuple[Any, int, int | None, list]:
+        """On the event loop's thread: fail at once rather than sleep while another connection holds the lock."""
+        conn = self._conn  # raises ValueError("no active connection") once closed, as aiosqlite does
+        self._set_busy_timeout(0)
+        return _run(conn, sql, parameters, many)
+
+    def _run_waiting(self, sql: str, parameters: Any, many: bool) -> tuple[Any, int, int | None, list]:
+        """On the connection's thread: wait for another connection's lock up to the time-out."""
+        self._set_busy_timeout(self._wait_ms)
+        return _run(self._conn, sql, parameters, many)
+
+    def _end(self, commit: bool) -> None:
+        self._set_busy_timeout(self._wait_ms)
+        (self._conn.commit if commit else self._conn.rollback)()
 
     def cursor(self) -> OneTripCursor:  # type: ignore[override]  # SQLAlchemy enters it with `__aenter__`
         return OneTripCursor(self)
 
     async def commit(self) -> None:
         if self._conn.in_transaction:
-            await super().commit()
+            await self._execute(self._end, True)
 
     async def rollback(self) -> None:
         # A pooled connection is rolled back each time it is returned, mostly with nothing to roll back.
         if self._conn.in_transaction:
-            await super().rollback()
+            await self._execute(self._end, False)
 
 
-def connector(database: str, **kwargs: Any) -> Callable[[], OneTripConnection]:
-    """An `async_creator` for create_async_engine: a OneTripConnection to `database` (sqlite3.connect's kwargs)."""
+def connector(database: str, *, timeout: float = 30.0, **kwargs: Any) -> Callable[[], OneTripConnection]:
+    """An `async_creator` for create_async_engine: a OneTripConnection to `database`; `timeout` (seconds) is how long
+    a statement waits for another connection's lock, on the connection's thread; other kwargs go to sqlite3.connect."""
 
     def connect() -> OneTripConnection:
-        connection = OneTripConnection(partial(sqlite3.connect, database, **kwargs), iter_chunk_size=64)
+        opened = partial(sqlite3.connect, database, timeout=timeout, check_same_thread=False, **kwargs)
+        connection = OneTripConnection(opened, wait_ms=round(timeout * 1000), iter_chunk_size=64)
         connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite: an unclosed connection never holds up exit
         return connection
 
