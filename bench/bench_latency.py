@@ -294,7 +294,8 @@ async def embedded(gold: Path, samples: int) -> dict:
                 self.called.set()
             return await super().place(request)
 
-    brokers = {a.id: TimedPaperBroker(clock=clock, balance=settings.paper_balance) for a in accounts}
+    quotes: dict = {}  # one price book for every paper account, as the embedded stack wires them
+    brokers = {a.id: TimedPaperBroker(clock=clock, balance=settings.paper_balance, quotes=quotes) for a in accounts}
     # The embedded stack's wiring (scalper/embedded.py), less market data: the bench publishes the windows.
     executor = ExecutorService(bus=bus, sessions=sessions, clock=clock, settings=settings, broker=brokers, account_ids=list(brokers))
     decision = DecisionService(bus=bus, sessions=sessions, clock=clock, settings=settings)

@@ -101,6 +101,7 @@ class EmbeddedStack:
         if self._clock is None:
             self._clock = AcceleratedClock(await self._clock_start(), speed=self.settings.speed)
         await self.bus.start()
+        quotes: dict = {}  # one price book for every paper account (services/executor/brokers/paper.py)
         brokers = {
             account.id: PaperBroker(
                 clock=self.clock,
@@ -108,6 +109,7 @@ class EmbeddedStack:
                 commission_per_lot=self.settings.paper_commission_per_lot,
                 margin_mode=account.margin_mode,
                 symbol_suffix=account.symbol_suffix or None,
+                quotes=quotes,
             )
             for account in await self._active_paper_accounts()
         }

@@ -386,6 +386,7 @@ class ExecutorProcess(ServiceProcess):
         await upgrade_database(self.settings.database_url)
         accounts = await self._accounts()
         await self.bus.start()
+        quotes: dict = {}  # one price book for every paper account (services/executor/brokers/paper.py)
         brokers = {
             account.id: PaperBroker(
                 clock=self.clock,
@@ -393,6 +394,7 @@ class ExecutorProcess(ServiceProcess):
                 commission_per_lot=self.settings.paper_commission_per_lot,
                 margin_mode=account.margin_mode,
                 symbol_suffix=account.symbol_suffix or None,
+                quotes=quotes,
             )
             for account in accounts
         }

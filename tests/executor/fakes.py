@@ -60,6 +60,9 @@ class CountingBroker:
     def initial_balance(self) -> float:
         return self.inner.initial_balance
 
+    def wants_bars(self, symbol, newest) -> bool:
+        return self.inner.wants_bars(symbol, newest)
+
     async def on_bars(self, symbol, bars):
         return await self.inner.on_bars(symbol, bars)
 

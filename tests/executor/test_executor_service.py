@@ -428,3 +428,36 @@ async def test_readiness_reports_the_broker_and_the_database(rig):
 )
 def test_command_reasons_map_to_close_reasons(reason, expected):
     assert close_reason_for(reason) == expected
+
+
+async def test_a_window_is_fed_only_to_the_paper_brokers_that_need_it(sessions):
+    clock = ManualClock(NOW)
+    quotes: dict = {}
+    accounts = [ACCOUNT, ACCOUNT + 1, ACCOUNT + 2]
+    papers = {a: PaperBroker(clock=clock, balance=10_000.0, quotes=quotes) for a in accounts}
+    fed: list[int] = []
+
+    def spy(account_id: int, paper: PaperBroker):
+        original = paper.on_bars
+
+        async def on_bars(symbol, bars):
+            fed.append(account_id)
+            return await original(symbol, bars)
+
+        paper.on_bars = on_bars  # type: ignore[method-assign]
+
+    for account_id, paper in papers.items():
+        spy(account_id, paper)
+    service = ExecutorService(bus=RecordingBus(), sessions=sessions, clock=clock, settings=settings(), broker=papers, account_ids=accounts)
+    await service.handle_bars(window("XAUUSD", PRICED), None)
+    assert fed == [ACCOUNT]  # the first broker fills the shared book; the others have nothing to check
+    await service.handle_intent(intent(1), None)  # a position on ACCOUNT
+    fed.clear()
+    await service.handle_bars(window("XAUUSD", PRICED), None)
+    assert fed == [ACCOUNT]  # only the broker with a position on the symbol checks its stop and target
+    fed.clear()
+    later = window("XAUUSD", [*PRICED, (2000.0, 2001.0, 1999.0, 2000.5, 30)])
+    await service.handle_bars(later, None)
+    assert fed == [ACCOUNT]  # a newer window: the holder goes first and moves the shared quote for everyone
+    assert quotes["XAUUSD"].close == 2000.5
+    assert [p.status for p in await Rig(sessions).positions()] == ["open"]

@@ -283,3 +283,28 @@ async def test_restore_rebuilds_positions_balance_and_tickets():
     assert [(c.ticket, c.reason, c.closed_at) for c in closed] == [(41, "sl", from_epoch((T0 + timedelta(minutes=3)).timestamp()))]
     await priced(broker)
     assert (await broker.place(req("new"))).ticket == 42
+
+
+async def test_paper_brokers_sharing_a_quote_book_are_all_priced_by_one_feed():
+    quotes: dict = {}
+    first, _ = make(quotes=quotes)
+    second, _ = make(quotes=quotes, symbol_suffix="m")
+    await priced(first, 2000.0, spread=30)
+    filled = await second.place(req("b", "buy", symbol="XAUUSDm"))
+    assert filled.status == "filled" and filled.price == 2000.30
+
+
+async def test_wants_bars_only_for_a_newer_quote_or_a_position_to_check():
+    quotes: dict = {}
+    holder, _ = make(quotes=quotes)
+    idle, _ = make(quotes=quotes)
+    window = bars([(2000.0, 2001.0, 1999.0, 2000.0, 30)] * 3)
+    newest = int(window.time[-1])
+    assert idle.wants_bars("XAUUSD", newest)  # no quote yet
+    await holder.on_bars("XAUUSD", window)
+    assert not idle.wants_bars("XAUUSD", newest)  # the shared book has this window already
+    assert idle.wants_bars("XAUUSD", newest + 60)  # a newer one
+    assert not holder.wants_bars("XAUUSD", newest)
+    await holder.place(req("h", "buy"))
+    assert holder.wants_bars("XAUUSD", newest)  # a position on the symbol: its stop and target are checked
+    assert holder.wants_bars("EURUSD", newest)  # another symbol, never quoted

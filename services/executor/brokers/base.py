@@ -158,6 +158,9 @@ class BarFedBroker(Broker, Protocol):
 
     initial_balance: float
 
+    def wants_bars(self, symbol: str, newest: int) -> bool:
+        """Whether a window of `symbol` whose newest bar opened at `newest` (epoch s) needs feeding to this broker."""
+
     async def on_bars(self, symbol: str, bars: Bars) -> list[ClosedPosition]:
         """Take closed M1 bars (oldest first); return the positions their stops and targets closed."""
 

@@ -1,7 +1,8 @@
 """The paper broker: fills market orders at the latest closed bar (fills.py's rules) and closes on stop/target hits.
 
-It keeps the latest closed M1 bar per symbol, fed by `on_bars`. State lives in memory; `restore` rebuilds it
-from the executor's positions table after a restart.
+It keeps the latest closed M1 bar per symbol, fed by `on_bars`; the paper brokers of one executor share that book
+(`quotes`: one feed prices them all), so a window needs feeding only to the brokers that hold a position on its
+symbol (`wants_bars`). State lives in memory; `restore` rebuilds it from the executor's positions table after a restart.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class PaperBroker:
         margin_mode: MarginMode = "hedging",
         leverage: float = 100,
         symbol_suffix: str | None = None,
+        quotes: dict[str, _Bar] | None = None,
     ) -> None:
         if margin_mode not in ("hedging", "netting"):
             raise ValueError(f"margin_mode {margin_mode!r}: use hedging or netting")
@@ -127,12 +129,20 @@ class PaperBroker:
         self.margin_mode: MarginMode = margin_mode
         self._leverage = float(leverage)
         self._suffix = symbol_suffix
-        self._bars: dict[str, _Bar] = {}
+        # The latest closed bar per canonical symbol: this broker's own, or a book shared with other paper brokers.
+        self._bars: dict[str, _Bar] = {} if quotes is None else quotes
         self._positions: dict[int, _Position] = {}
         self._deals: dict[str, _Deal] = {}
         self._next_ticket = 1
 
     # --- the feed ------------------------------------------------------------------------------------------
+
+    def wants_bars(self, symbol: str, newest: int) -> bool:
+        """Whether a window whose newest bar opened at `newest` (epoch s) would change anything here: a position on
+        the symbol to check, or a quote older than the window (a shared book is fed by the first broker given it)."""
+        key = canonical_symbol(symbol, self._suffix)
+        latest = self._bars.get(key)
+        return latest is None or newest > latest.time or any(p.key == key for p in self._positions.values())
 
     async def on_bars(self, symbol: str, bars: Bars, *, bar_seconds: int = M1_SECONDS) -> list[ClosedPosition]:
         """Take closed bars (oldest first, bid prices); return the positions their stops or targets closed.
