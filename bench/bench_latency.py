@@ -42,7 +42,7 @@ from shared.settings import Settings  # noqa: E402
 from shared.strategies.catalog import CATALOG, lookback_for  # noqa: E402
 
 BOT_SYMBOL = "XAUUSDm"
-MAX_SAMPLES = 150
+MAX_SAMPLES = 100
 MIN_SCORE = Bot.model_fields["decision_min_score"].default
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.db import sqlite
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The background checkpointer of each SQLite engine that has one (synchronous NORMAL, a file).
+CHECKPOINTERS: weakref.WeakKeyDictionary[AsyncEngine, sqlite.Checkpointer] = weakref.WeakKeyDictionary()
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngine:
@@ -25,8 +28,12 @@ def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngin
         database = parsed.database or ":memory:"
         if database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # aiosqlite's connection; statements on the event loop's thread, commits on the connection's (shared/db/sqlite.py).
-        engine = create_async_engine(url, async_creator=sqlite.connector(database, timeout=30))
+        # aiosqlite's connection, its statements on the event loop's thread (shared/db/sqlite.py). With synchronous
+        # NORMAL a commit never syncs once a Checkpointer thread does the checkpoints: commits run there too.
+        file_backed = database != ":memory:"
+        commit_here = file_backed and sqlite_synchronous.lower() == "normal"
+        engine = create_async_engine(url, async_creator=sqlite.connector(database, timeout=30, commit_here=commit_here))
+        checkpointer = sqlite.Checkpointer(database) if commit_here else None
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -34,8 +41,14 @@ def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngin
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
+            if checkpointer is not None:
+                cur.execute("PRAGMA wal_autocheckpoint=0")
+                checkpointer.start()
             cur.close()
 
+        if checkpointer is not None:
+            event.listen(engine.sync_engine, "engine_disposed", lambda _engine: checkpointer.stop())
+            CHECKPOINTERS[engine] = checkpointer
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 

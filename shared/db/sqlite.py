@@ -12,15 +12,23 @@ So a statement runs where it is called, in one step (execute, fetch all, close),
 - the caller runs in `offloaded()`: its statements go to the thread. The HTTP API does (shared/http.py), since a
   listing or the admin's counts may scan a large table and must not hold up the trading path on the same loop.
 
-Commits and rollbacks always go to the thread: a commit may write the WAL to disk or checkpoint it, and so wait on
-the disk. They make no trip outside a transaction. The connection, its thread and sqlite3's behaviour are otherwise
-aiosqlite's (aiosqlite is pinned in pyproject.toml: this relies on its `Connection._execute` and `_conn`); the
-connection is opened with `check_same_thread=False`, and SQLAlchemy never uses one connection from two tasks at once.
+Commits run here too when they never wait on the disk: in WAL mode with `synchronous=NORMAL` a commit only appends
+to the WAL, and the WAL is copied into the database file (a checkpoint, which syncs) by a `Checkpointer` thread
+instead of by whichever commit passes 1,000 pages. With `synchronous=FULL` every commit syncs the WAL, so commits go
+to the connection's thread. Rollbacks run here (they write nothing); neither makes a call outside a transaction.
+
+Going to the thread costs more than the trip: its answer needs the GIL, and a busy event loop gives it up only
+after the interpreter's switch interval (5 ms), which put 5-6 ms gaps into the slowest decisions.
+
+The connection, its thread and sqlite3's behaviour are otherwise aiosqlite's (aiosqlite is pinned in pyproject.toml:
+this relies on its `Connection._execute` and `_conn`); the connection is opened with `check_same_thread=False`, and
+SQLAlchemy never uses one connection from two tasks at once.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +37,10 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 _OFFLOADED: ContextVar[bool] = ContextVar("scalper_sqlite_offloaded", default=False)
 
@@ -121,10 +133,11 @@ class OneTripCursor:
 class OneTripConnection(aiosqlite.Connection):
     """aiosqlite's connection whose statements run on the caller's thread, or in one trip to its own (module doc)."""
 
-    def __init__(self, connector: Callable[[], sqlite3.Connection], *, wait_ms: int, **kwargs: Any) -> None:
+    def __init__(self, connector: Callable[[], sqlite3.Connection], *, wait_ms: int, commit_here: bool, **kwargs: Any) -> None:
         super().__init__(connector, **kwargs)
         self._wait_ms = wait_ms  # how long a statement on the connection's thread waits for another's lock
         self._busy_timeout_ms = wait_ms  # the connection's current setting (sqlite3.connect's timeout)
+        self._commit_here = commit_here  # commits never sync (WAL, synchronous=NORMAL, checkpoints elsewhere)
 
     def _set_busy_timeout(self, ms: int) -> None:
         if self._busy_timeout_ms != ms:
@@ -143,6 +156,7 @@ class OneTripConnection(aiosqlite.Connection):
         return _run(self._conn, sql, parameters, many)
 
     def _end(self, commit: bool) -> None:
+        """On the connection's thread: commit (waiting for a lock up to the time-out, and for the disk) or roll back."""
         self._set_busy_timeout(self._wait_ms)
         (self._conn.commit if commit else self._conn.rollback)()
 
@@ -150,23 +164,86 @@ class OneTripConnection(aiosqlite.Connection):
         return OneTripCursor(self)
 
     async def commit(self) -> None:
-        if self._conn.in_transaction:
-            await self._execute(self._end, True)
+        if not self._conn.in_transaction:
+            return
+        if self._commit_here and not _OFFLOADED.get():
+            try:
+                self._set_busy_timeout(0)
+                self._conn.commit()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                # The transaction is still open and the commit may be tried again (SQLite's COMMIT on SQLITE_BUSY).
+        await self._execute(self._end, True)
 
     async def rollback(self) -> None:
         # A pooled connection is rolled back each time it is returned, mostly with nothing to roll back.
-        if self._conn.in_transaction:
+        if not self._conn.in_transaction:
+            return
+        if _OFFLOADED.get():
             await self._execute(self._end, False)
+        else:
+            self._conn.rollback()  # it writes nothing and waits for no lock
 
 
-def connector(database: str, *, timeout: float = 30.0, **kwargs: Any) -> Callable[[], OneTripConnection]:
+def connector(database: str, *, timeout: float = 30.0, commit_here: bool = False, **kwargs: Any) -> Callable[[], OneTripConnection]:
     """An `async_creator` for create_async_engine: a OneTripConnection to `database`; `timeout` (seconds) is how long
-    a statement waits for another connection's lock, on the connection's thread; other kwargs go to sqlite3.connect."""
+    a statement waits for another connection's lock, on the connection's thread; `commit_here` when commits never
+    sync (module doc); other kwargs go to sqlite3.connect."""
 
     def connect() -> OneTripConnection:
         opened = partial(sqlite3.connect, database, timeout=timeout, check_same_thread=False, **kwargs)
-        connection = OneTripConnection(opened, wait_ms=round(timeout * 1000), iter_chunk_size=64)
+        connection = OneTripConnection(opened, wait_ms=round(timeout * 1000), commit_here=commit_here, iter_chunk_size=64)
         connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite: an unclosed connection never holds up exit
         return connection
 
     return connect
+
+
+class Checkpointer:
+    """A thread that copies the WAL into the database file every `interval_s` (a PASSIVE checkpoint: it waits for no
+    reader or writer), for connections whose own automatic checkpoint is off (`PRAGMA wal_autocheckpoint=0`).
+
+    Started by the engine's first connection, stopped when the engine is disposed; it may start again after that."""
+
+    def __init__(self, database: str, *, interval_s: float = 1.0) -> None:
+        self.database = database
+        self.interval_s = interval_s
+        self.checkpoints = 0  # completed passes, for tests
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def start(self) -> None:
+        with self._guard:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"sqlite-checkpoint:{self.database}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._guard:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return  # never started: no connection was made, maybe no file either
+        self._stop.set()
+        thread.join(timeout=10)
+        self.checkpoint()  # what the last interval wrote, so the WAL does not wait for the next start
+
+    def checkpoint(self) -> None:
+        try:
+            conn = sqlite3.connect(self.database, timeout=0)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:  # the next pass tries again; a WAL that keeps growing is worth a line in the log
+            log.warning("sqlite checkpoint failed", database=self.database, error=str(exc))
+            return
+        self.checkpoints += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.checkpoint()

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from shared.db import sqlite
-from shared.db.engine import create_engine, session_factory, transaction
+from shared.db.engine import CHECKPOINTERS, create_engine, session_factory, transaction
+from tests.helpers import eventually
 
 metadata = sa.MetaData()
 items = sa.Table(
@@ -63,11 +64,49 @@ async def test_a_select_makes_no_trip_and_a_read_only_session_ends_without_one(e
     assert trips == []
 
 
-async def test_a_write_transaction_sends_only_its_commit_to_the_thread(engine, trips):
+async def test_a_write_transaction_and_its_commit_make_no_trip(engine, trips):
     async with transaction(session_factory(engine)) as session:
         await session.execute(items.insert().values(name="a"))
         await session.execute(items.update().where(items.c.name == "a").values(name="b"))
-    assert trips == ["_end"]
+    assert trips == []  # synchronous=NORMAL: the commit only appends to the WAL
+
+
+async def test_with_synchronous_full_the_commit_goes_to_the_thread(tmp_path, trips):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'full.db'}", sqlite_synchronous="full")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        trips.clear()
+        async with transaction(session_factory(engine)) as session:
+            await session.execute(items.insert().values(name="a"))
+        assert trips == ["_end"]  # each commit syncs the WAL: never on the loop's thread
+        assert engine not in CHECKPOINTERS  # the connections checkpoint as SQLite does by default
+    finally:
+        await engine.dispose()
+
+
+async def test_a_checkpointer_thread_does_the_checkpoints_and_stops_with_the_engine(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'wal.db'}")
+    checkpointer = CHECKPOINTERS[engine]
+    checkpointer.interval_s = 0.05
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            assert (await conn.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar_one() == 0
+        async with transaction(session_factory(engine)) as session:
+            await session.execute(items.insert(), [{"name": f"n{i}"} for i in range(500)])
+        passes = checkpointer.checkpoints
+        await eventually(lambda: checkpointer.checkpoints >= passes + 2, what="two checkpoint passes")
+        # Everything written is in the database file now: a reader that ignores the WAL sees it.
+        raw = sqlite3.connect(f"file:{tmp_path / 'wal.db'}?immutable=1", uri=True)
+        try:
+            assert raw.execute("SELECT count(*) FROM items").fetchone() == (500,)
+        finally:
+            raw.close()
+    finally:
+        await engine.dispose()
+    assert checkpointer._thread is None
+    assert not any(t.name.startswith("sqlite-checkpoint:") and str(tmp_path) in t.name for t in threading.enumerate())
 
 
 async def test_offloaded_statements_go_to_the_thread_one_trip_each(engine, trips):
@@ -125,7 +164,7 @@ async def test_a_statement_blocked_by_another_writer_waits_on_the_thread_and_the
         await asyncio.to_thread(holder.join, 10)
         assert waited >= 0.25  # it waited for the lock instead of failing
         assert ticks >= 10  # and the event loop went on meanwhile (the wait was on the connection's thread)
-        assert trips == ["_run_waiting", "_end"]
+        assert trips == ["_run_waiting"]  # the commit, once the lock was had, ran on the loop's thread
         async with engine.connect() as conn:
             assert (await conn.execute(sa.select(items.c.name).order_by(items.c.id))).scalars().all() == ["holder", "mine"]
             raw = (await conn.get_raw_connection()).driver_connection
