@@ -20,7 +20,7 @@ from services.decision.app import mount as mount_decision_api
 from services.decision.bots import ensure_demo, setup_bot
 from services.decision.service import DecisionService
 from services.executor.app import create_router as executor_router
-from services.executor.brokers.paper import PaperBroker
+from services.executor.brokers.paper import paper_brokers
 from services.executor.service import ExecutorService
 from services.market_data.app import create_router as market_data_router
 from services.market_data.feeds.replay import ReplayFeed
@@ -101,18 +101,10 @@ class EmbeddedStack:
         if self._clock is None:
             self._clock = AcceleratedClock(await self._clock_start(), speed=self.settings.speed)
         await self.bus.start()
-        quotes: dict = {}  # one price book for every paper account (services/executor/brokers/paper.py)
-        brokers = {
-            account.id: PaperBroker(
-                clock=self.clock,
-                balance=self.settings.paper_balance,
-                commission_per_lot=self.settings.paper_commission_per_lot,
-                margin_mode=account.margin_mode,
-                symbol_suffix=account.symbol_suffix or None,
-                quotes=quotes,
-            )
-            for account in await self._active_paper_accounts()
-        }
+        brokers = paper_brokers(
+            await self._active_paper_accounts(), clock=self.clock, balance=self.settings.paper_balance,
+            commission_per_lot=self.settings.paper_commission_per_lot,
+        )
         self.executor = ExecutorService(
             bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=brokers, account_ids=list(brokers)
         )

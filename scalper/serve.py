@@ -379,25 +379,17 @@ class ExecutorProcess(ServiceProcess):
         self.leader: LeaderLock | None = None
 
     async def start(self) -> None:
-        from services.executor.brokers.paper import PaperBroker
+        from services.executor.brokers.paper import paper_brokers
 
         if self.settings.broker != "paper":
             raise RuntimeError("scalper serve executor runs the paper broker here; the MT5 session is not wired yet")
         await upgrade_database(self.settings.database_url)
         accounts = await self._accounts()
         await self.bus.start()
-        quotes: dict = {}  # one price book for every paper account (services/executor/brokers/paper.py)
-        brokers = {
-            account.id: PaperBroker(
-                clock=self.clock,
-                balance=self.settings.paper_balance,
-                commission_per_lot=self.settings.paper_commission_per_lot,
-                margin_mode=account.margin_mode,
-                symbol_suffix=account.symbol_suffix or None,
-                quotes=quotes,
-            )
-            for account in accounts
-        }
+        brokers = paper_brokers(
+            accounts, clock=self.clock, balance=self.settings.paper_balance,
+            commission_per_lot=self.settings.paper_commission_per_lot,
+        )
         self.leader = LeaderLock(self.settings.database_url, list(brokers))
         self.service = _standby_aware_executor()(
             bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=brokers,

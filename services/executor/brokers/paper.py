@@ -417,3 +417,20 @@ class PaperBroker:
             margin=round(margin, 2),
             margin_free=round(equity - margin, 2),
         )
+
+
+def paper_brokers(accounts: Iterable, *, clock: Clock, balance: float, commission_per_lot: float = 0.0) -> dict[int, PaperBroker]:
+    """A paper broker for each account (a `BrokerAccount` row: id, margin_mode, symbol_suffix), all priced from one
+    shared quote book, as an executor serves them."""
+    quotes: dict[str, _Bar] = {}
+    return {
+        account.id: PaperBroker(
+            clock=clock,
+            balance=balance,
+            commission_per_lot=commission_per_lot,
+            margin_mode=account.margin_mode,
+            symbol_suffix=account.symbol_suffix or None,
+            quotes=quotes,
+        )
+        for account in accounts
+    }
