@@ -205,7 +205,8 @@ class Checkpointer:
     """A thread that copies the WAL into the database file every `interval_s` (a PASSIVE checkpoint: it waits for no
     reader or writer), for connections whose own automatic checkpoint is off (`PRAGMA wal_autocheckpoint=0`).
 
-    Started by the engine's first connection, stopped when the engine is disposed; it may start again after that."""
+    Started by the engine's first connection, stopped (after a last checkpoint) when the engine is disposed; it may
+    start again after that."""
 
     def __init__(self, database: str, *, interval_s: float = 1.0) -> None:
         self.database = database
@@ -226,24 +227,20 @@ class Checkpointer:
     def stop(self) -> None:
         with self._guard:
             thread, self._thread = self._thread, None
-        if thread is None:
-            return  # never started: no connection was made, maybe no file either
-        self._stop.set()
-        thread.join(timeout=10)
-        self.checkpoint()  # what the last interval wrote, so the WAL does not wait for the next start
-
-    def checkpoint(self) -> None:
-        try:
-            conn = sqlite3.connect(self.database, timeout=0)
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:  # the next pass tries again; a WAL that keeps growing is worth a line in the log
-            log.warning("sqlite checkpoint failed", database=self.database, error=str(exc))
-            return
-        self.checkpoints += 1
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.checkpoint()
+        conn = sqlite3.connect(self.database, timeout=0)
+        try:
+            stopping = False
+            while not stopping:
+                stopping = self._stop.wait(self.interval_s)  # once more on the way out: what the last interval wrote
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as exc:  # tried again next pass; a WAL that keeps growing is worth a log line
+                    log.warning("sqlite checkpoint failed", database=self.database, error=str(exc))
+        finally:
+            conn.close()
