@@ -106,8 +106,8 @@ async def upgrade_database(url: str) -> None:
 
 async def _database_ready(sessions) -> tuple[bool, str | None]:
     try:
-        async with sessions() as session:
-            await asyncio.wait_for(session.execute(text("SELECT 1")), timeout=5)
+        async with sessions() as session, asyncio.timeout(5):
+            await session.execute(text("SELECT 1"))
         return True, None
     except Exception as exc:  # noqa: BLE001  readiness reports, it does not raise
         return False, repr(exc)

@@ -77,7 +77,8 @@ class RatesClient:
             except Unroutable as exc:
                 raise RatesUnavailable(f"no executor serves rates for account {account_id}") from exc
             try:
-                reply = await asyncio.wait_for(future, self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    reply = await future
             except TimeoutError as exc:
                 raise RatesUnavailable(f"no rates answer for {symbol} on account {account_id} within {self._timeout_s}s") from exc
         finally:

@@ -207,7 +207,8 @@ class MetricsSampler:
                 metrics.queue_depth.labels(queue=name).set(await self._bus.queue_depth(name))
         if self._broker_healthy is not None:
             try:
-                ok = bool(await asyncio.wait_for(self._broker_healthy(), timeout=5))
+                async with asyncio.timeout(5):
+                    ok = bool(await self._broker_healthy())
             except Exception:  # noqa: BLE001  a broker that does not answer is a disconnected broker
                 ok = False
             metrics.broker_connected.set(1 if ok else 0)

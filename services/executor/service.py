@@ -211,12 +211,13 @@ class ExecutorService:
         broker_ok = True
         for b, _ in self._broker_groups:
             try:
-                broker_ok = broker_ok and bool(await asyncio.wait_for(b.healthy(), timeout=5))
+                async with asyncio.timeout(5):
+                    broker_ok = broker_ok and bool(await b.healthy())
             except Exception:  # noqa: BLE001  readiness reports, it does not raise
                 broker_ok = False
         try:
-            async with self._sessions() as session:
-                await asyncio.wait_for(session.execute(text("SELECT 1")), timeout=5)
+            async with self._sessions() as session, asyncio.timeout(5):
+                await session.execute(text("SELECT 1"))
             db_ok = True
         except Exception:  # noqa: BLE001
             db_ok = False

@@ -2,6 +2,10 @@
 
 Messages travel encoded (JSON bytes with a type header), exactly as over RabbitMQ, so a body that fails to
 decode is dead-lettered here too. See shared/bus/base.py for the semantics both back ends keep.
+
+Time-outs use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11, a task cancelled just as the awaited
+thing finishes can have its cancellation swallowed by wait_for (fixed in 3.12), and a consumer or sampler that
+survives its cancel makes `stop()` wait for ever (seen once in four runs of an embedded app's shutdown).
 """
 
 from __future__ import annotations
@@ -126,7 +130,8 @@ class _Consumer:
                 delays = [m.not_before - time.monotonic() for m in q.ready]
                 timeout = max(0.001, min(delays)) if delays and self._eligible() else None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(q.changed.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can lose a cancel (module doc)
+                        await q.changed.wait()
                 continue
             q.in_flight += 1
             try:

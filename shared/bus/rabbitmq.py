@@ -154,7 +154,8 @@ class RabbitConsumer:
                     await self._queue.cancel(self._consumer_tag, timeout=self._bus.op_timeout_s)
         try:
             # Waiting deliveries queue on the lock before us and return at once (they see _stopping).
-            await asyncio.wait_for(self._lock.acquire(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._lock.acquire()
             self._lock.release()
         except TimeoutError:
             log.warning("consumer did not finish its message in time; stopping it", queue=self.spec.name, timeout_s=timeout)
