@@ -281,15 +281,14 @@ class ExecutorService:
             return
         bars = message.bars.to_bars()
         self._windows[canonical_symbol(message.symbol)] = bars
-        if len(bars) == 0:
-            return
-        newest = int(bars.time[-1])
         async with self._lock:
-            for paper, account_ids in self._paper:
-                if not paper.wants_bars(message.symbol, newest):
-                    continue  # no position on the symbol, and its quote is this window's already (a shared book)
-                for closed in await paper.on_bars(message.symbol, bars):
-                    self._pending_closes.append((account_ids, closed))
+            if len(bars):  # an empty window feeds no broker; closes still pending are recorded all the same
+                newest = int(bars.time[-1])
+                for paper, account_ids in self._paper:
+                    if not paper.wants_bars(message.symbol, newest):
+                        continue  # no position on the symbol, and its quote is this window's already (a shared book)
+                    for closed in await paper.on_bars(message.symbol, bars):
+                        self._pending_closes.append((account_ids, closed))
             await self._flush_closes()
 
     # --- the monitor -------------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngin
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ":memory:"
-        if database != ":memory:":
+        file_backed = database != ":memory:"
+        if file_backed:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # aiosqlite's connection, its statements on the event loop's thread (shared/db/sqlite.py). With synchronous
         # NORMAL a commit never syncs once a Checkpointer thread does the checkpoints: commits run there too.
-        file_backed = database != ":memory:"
         commit_here = file_backed and sqlite_synchronous.lower() == "normal"
         engine = create_async_engine(url, async_creator=sqlite.connector(database, timeout=30, commit_here=commit_here))
         checkpointer = sqlite.Checkpointer(database) if commit_here else None
