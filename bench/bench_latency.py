@@ -11,7 +11,7 @@ risk limit refuses it. Once a sample's order is filled, the bench closes its pos
 command, as a user would: the next window finds no position that its prices would close. Also: in aligned mode, bar close to BarWindow publish
 (the 1 s scan delay plus the scan's own time), and each service process's memory (RSS).
 
-    .venv/bin/python bench/bench_latency.py [--samples 100] [--skip-embedded] [--skip-distributed]
+    .venv/bin/python bench/bench_latency.py [--samples 100] [--embedded-samples 400] [--skip-embedded] [--skip-distributed]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from services.market_data.feeds.replay import ReplayFeed  # noqa: E402
 from services.strategy.service import scan_window  # noqa: E402
 from shared.bus import topology  # noqa: E402
 from shared.db.engine import create_engine, session_factory, transaction, upgrade  # noqa: E402
+from shared.heap import startup_frozen  # noqa: E402
 from shared.db.models import Bot, BrokerAccount, Decision, Order, SignalRow, User  # noqa: E402
 from shared.messages import BarColumns, BarWindow, ExecutorCommand  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -75,21 +76,33 @@ async def prepare_database(url: str, bots: int):
 
 def matching_windows(gold: Path, entry, count: int) -> list[BarWindow]:
     """Gold windows whose strategies match for the first subscription with a score the bot's default minimum passes
-    (a signal that risk lets through, so an order for a fresh bot)."""
+    (a signal that risk lets through, so an order for a fresh bot).
+
+    Each window's prices are moved (by a whole number of cents) so that its newest close is the first window's: the
+    windows come from weeks of the file, and with the real prices a position left open by one sample was closed at
+    the next window's price, hundreds of dollars away, which tripped the bot's kill switch at every other sample.
+    A moved window is kept only if it still matches."""
     feed = ReplayFeed(gold, "XAUUSD")
     at = feed.start_time()
     sub = entry.subscriptions[0]
     out: list[BarWindow] = []
-    while len(out) < count:
-        bars = feed.closed_bars("XAUUSD", until=at, count=entry.lookback)
-        window = BarWindow(symbol="XAUUSD", bars=BarColumns.from_bars(bars), closed_through=at, source="bench", subscriptions=(sub,))
+    anchor: float | None = None
+    while len(out) < count and at <= feed.ends_at():
+        bars = BarColumns.from_bars(feed.closed_bars("XAUUSD", until=at, count=entry.lookback))
+        if anchor is not None:
+            bars = moved(bars, round(anchor - bars.close[-1], 2))
+        window = BarWindow(symbol="XAUUSD", bars=bars, closed_through=at, source="bench", subscriptions=(sub,))
         signals, _ = scan_window(window, catalog=CATALOG, now=at)
         if any(s.score >= MIN_SCORE for s in signals):
             out.append(window)
+            anchor = bars.close[-1] if anchor is None else anchor
         at += timedelta(minutes=1)
-        if at > feed.ends_at():
-            break
     return out
+
+
+def moved(bars: BarColumns, by: float) -> BarColumns:
+    """The bars with every price moved by `by`, rounded to gold's two digits."""
+    return bars.model_copy(update={k: [round(p + by, 2) for p in getattr(bars, k)] for k in ("open", "high", "low", "close")})
 
 
 def shifted(window: BarWindow, sub, closed_through: datetime) -> BarWindow:
@@ -190,6 +203,14 @@ async def paced(measure_fn, bus, sessions, entry, windows: list[BarWindow], **kw
     busy, busy_missed = await measure_fn(bus, sessions, bots(3, n), windows[3:3 + n], **kw)
     busy_stages = list(STAGES)
     STAGES.clear()
+    # The idle engine starts flat: back to back left up to one position per sample open, and the next window would
+    # otherwise check (and close) them all inside the first idle sample.
+    for sub in bots(0, 3 + n).subscriptions:
+        try:
+            await release(bus, sessions, sub, timeout_s=2.0)
+        except TimeoutError as exc:  # a missed sample: it has no order to settle
+            print(f"before the idle samples: {exc}")
+    await asyncio.sleep(IDLE_SETTLE_S)
     idle, idle_missed = await measure_fn(bus, sessions, bots(3 + n, n), windows[3 + n:3 + 2 * n], settle_s=IDLE_SETTLE_S, **kw)
     return {"latencies": busy, "missed": busy_missed, "stages": busy_stages,
             "idle": idle, "idle_missed": idle_missed, "idle_stages": list(STAGES)}
@@ -303,7 +324,8 @@ async def embedded(gold: Path, samples: int) -> dict:
     for service in (executor, decision, strategy):
         await service.start()
     try:
-        result = await paced(measure, bus, sessions, entry, windows, brokers=brokers)
+        with startup_frozen():  # as the embedded app's lifespan does (shared/heap.py)
+            result = await paced(measure, bus, sessions, entry, windows, brokers=brokers)
     finally:
         for service in (strategy, decision, executor):
             await service.stop()
@@ -361,7 +383,9 @@ def services_problem() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=100, help="distributed samples (at most 100)")
+    parser.add_argument("--embedded-samples", type=int, default=400,
+                        help="embedded samples: about half at each pace, so a p99 is more than the slowest of a few dozen")
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument("--skip-distributed", action="store_true")
     args = parser.parse_args()
@@ -387,7 +411,7 @@ def main() -> None:
         rows.append(("distributed (RabbitMQ + PostgreSQL, 3 processes)", result, 50.0))
         rss = result["rss"]
     if not args.skip_embedded:
-        result = asyncio.run(embedded(gold, args.samples))
+        result = asyncio.run(embedded(gold, args.embedded_samples))
         STAGES.clear()
         rows.append(("embedded (in-memory bus + SQLite, 1 process)", result, 10.0))
     print(f"\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")

@@ -31,6 +31,7 @@ from services.strategy.service import StrategyWorker
 from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.db.models import Bot, BrokerAccount, SignalRow, User
+from shared.heap import startup_frozen
 from shared.http import add_ops_routes
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -216,7 +217,8 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
         if startup.demo_api_key:
             # Printed to the terminal once, never through the logger.
             announce(f"\nDemo user created. Its API key (shown once): {startup.demo_api_key}\n")
-        yield
+        with startup_frozen():  # no 100 ms collection of start-up's objects in the middle of an order (shared/heap.py)
+            yield
         await stack.stop()
 
     app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan)

@@ -29,6 +29,7 @@ from scalper.embedded import make_feed
 from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.db.models import BrokerAccount
+from shared.heap import startup_frozen
 from shared.http import add_ops_routes
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -597,7 +598,8 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
         log.info("service started", service=process.name)
         if on_started is not None:
             await on_started()
-        yield
+        with startup_frozen():  # no 100 ms collection of start-up's objects in the middle of an order (shared/heap.py)
+            yield
         if sampler is not None:
             await sampler.stop()
         await process.stop()

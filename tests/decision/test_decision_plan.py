@@ -91,3 +91,42 @@ async def test_plan_loop_publishes_every_interval_of_clock_time_and_on_request(d
     finally:
         await service.stop()
     assert service.last_plan is not None and service.last_plan.symbols == ()
+
+
+async def test_a_large_plan_sizes_each_distinct_config_once_and_lets_the_loop_run(db, user, monkeypatch):
+    import asyncio
+
+    from services.decision import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "YIELD_EVERY", 3)
+    accounts = [await add_account(db, user, name=f"a{i}") for i in range(8)]
+    for i, account in enumerate(accounts):
+        params = {"trend_pullback": {"ema_period": 34}} if i == 0 else {}
+        await add_bot(db, user, account, enabled_strategies=["price_action_pinbar", "trend_pullback"], strategy_params=params)
+    calls: list = []
+
+    def lookback_for(configs):
+        calls.append(sorted((c.name, tuple(sorted(c.params.items()))) for c in configs))
+        return 100
+
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        async with db() as s:
+            started = ticks
+            plan = await build_plan(session=s, lookback_for=lookback_for)
+            ran_meanwhile = ticks - started
+    finally:
+        task.cancel()
+    assert len(plan.symbols[0].subscriptions) == 8
+    # Eight bots, three distinct configs: the defaults of both strategies and one trend_pullback of its own.
+    assert calls == [[("price_action_pinbar", ()), ("trend_pullback", ()), ("trend_pullback", (("ema_period", 34),))]]
+    assert ran_meanwhile >= 2, "another task runs while a long plan is built"

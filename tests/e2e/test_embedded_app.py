@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def test_make_run_shows_signals_and_paper_orders_within_a_minute(tmp_path):
         metrics = client.get("/metrics").text
         for name in ("signals_ingested_total", "orders_placed_total", "decision_ignored_total"):
             assert name in metrics
+        assert gc.get_freeze_count() > 0, "start-up's objects are out of the collector's way while it runs (shared/heap.py)"
+    assert gc.get_freeze_count() == 0, "and back in once it has stopped"
 
     # A second start finds the demo and prints no key again.
     printed.clear()
