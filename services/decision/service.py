@@ -212,23 +212,26 @@ class DecisionService:
             signals_ingested_total.labels(strategy=signal.strategy, symbol=canonical_symbol(signal.symbol)).inc()
         decision = outcome.decision
         self._tally(signal, outcome)
-        if outcome.decision_new:
-            log.info(
-                "decision",
-                decision_id=decision.id,
-                bot_id=decision.bot_id,
-                signal_id=key,
-                strategy=signal.strategy,
-                decision_action=decision.action,
-                reason=decision.reason,
-                client_order_id=decision.client_order_id,
-            )
-            decisions_total.labels(action=decision.action, strategy=signal.strategy).inc()
-            if decision.action == "ignore":
-                decision_ignored_total.labels(reason=decision.reason).inc()
-        if outcome.intent is not None:
-            # After the commit: a crash before this line leaves the message unacked, and its redelivery re-publishes.
-            await self._bus.publish(outcome.intent, exchange=topology.EXECUTION_ORDERS, routing_key=str(outcome.intent.account_id))
+        try:
+            if outcome.intent is not None:
+                # After the commit: a crash before this line leaves the message unacked, and its redelivery re-publishes.
+                # Before the log line and the metrics, which are not on the way to the order.
+                await self._bus.publish(outcome.intent, exchange=topology.EXECUTION_ORDERS, routing_key=str(outcome.intent.account_id))
+        finally:
+            if outcome.decision_new:  # logged even if the publish failed: the decision is committed and stands
+                log.info(
+                    "decision",
+                    decision_id=decision.id,
+                    bot_id=decision.bot_id,
+                    signal_id=key,
+                    strategy=signal.strategy,
+                    decision_action=decision.action,
+                    reason=decision.reason,
+                    client_order_id=decision.client_order_id,
+                )
+                decisions_total.labels(action=decision.action, strategy=signal.strategy).inc()
+                if decision.action == "ignore":
+                    decision_ignored_total.labels(reason=decision.reason).inc()
 
     def _tally(self, signal: Signal, outcome: SignalOutcome) -> None:
         """Note a committed decision for the scan line of its window (the counts `scan_lines` would query)."""
