@@ -76,6 +76,7 @@ _INSERT = AuditLog.__table__.insert()  # Core: the ORM's bulk insert took twice 
 
 
 async def write(*, session: AsyncSession, entries: list[dict[str, Any]]) -> None:
-    """Insert audit rows now, in one statement, without loading them as objects (the hot path of a decision)."""
+    """Insert audit rows now, in one statement, without loading them as objects (the hot path of a decision), on the
+    session's connection: pending ORM changes are not flushed first."""
     if entries:
-        await session.execute(_INSERT, entries)
+        await (await session.connection()).execute(_INSERT, entries)
