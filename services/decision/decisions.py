@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -108,19 +109,28 @@ _OPEN_DECISION = (
     .where(Decision.__table__.c.id == bindparam("decision_id"))
     .values(client_order_id=bindparam("client_order_id"), expires_at=bindparam("expires_at"), order_status=bindparam("order_status"))
 )
+_BOTS, _ACCOUNTS = Bot.__table__, BrokerAccount.__table__
+# Both rows as labelled columns, read as plain records: the ORM's two objects cost about 0.1 ms more per decision, and
+# the decision changes neither row.
 _BOT_AND_ACCOUNT = (
-    select(Bot, BrokerAccount)
-    .join(BrokerAccount, BrokerAccount.id == Bot.account_id)
-    .where(Bot.id == bindparam("bot_id"))
-    .with_for_update(of=BrokerAccount)
+    select(*(c.label(f"bot_{c.name}") for c in _BOTS.c), *(c.label(f"account_{c.name}") for c in _ACCOUNTS.c))
+    .join_from(_BOTS, _ACCOUNTS, _ACCOUNTS.c.id == _BOTS.c.account_id)
+    .where(_BOTS.c.id == bindparam("bot_id"))
+    .with_for_update(of=_ACCOUNTS)
 )
 
 
-async def load_bot_for_update(*, session: AsyncSession, bot_id: int) -> tuple[Bot, BrokerAccount] | None:
-    """The bot and its account in one query, the account row locked (PostgreSQL) so decisions on one account run one
-    at a time (SQLite has no row locks: its single writer does the same)."""
-    found = (await session.execute(_BOT_AND_ACCOUNT, {"bot_id": bot_id})).one_or_none()
-    return None if found is None else (found[0], found[1])
+async def load_bot_for_update(*, session: AsyncSession, bot_id: int) -> tuple[SimpleNamespace, SimpleNamespace] | None:
+    """The bot and its account (their columns as attributes) in one query, the account row locked (PostgreSQL) so
+    decisions on one account run one at a time (SQLite has no row locks: its single writer does the same)."""
+    found = (await (await session.connection()).execute(_BOT_AND_ACCOUNT, {"bot_id": bot_id})).one_or_none()
+    if found is None:
+        return None
+    values = found._mapping
+    return (
+        SimpleNamespace(**{c.name: values[f"bot_{c.name}"] for c in _BOTS.c}),
+        SimpleNamespace(**{c.name: values[f"account_{c.name}"] for c in _ACCOUNTS.c}),
+    )
 
 
 def _exposure_statement():
