@@ -468,6 +468,16 @@ class RabbitBus:
         return args
 
     async def _declare(self, channel: AbstractRobustChannel, spec: QueueSpec) -> AbstractQueue:
+        try:
+            return await self._declare_once(channel, spec)
+        except TimeoutError as exc:
+            raise TimeoutError(
+                f"RabbitMQ did not answer the declaration of queue {spec.name} within {self.op_timeout_s:g} s a step. A broker "
+                "out of open files stops answering declarations just so (each quorum queue holds several files): compare "
+                "file_descriptors in `rabbitmq-diagnostics status` with its limit (docker-compose.yml sets 65536)"
+            ) from exc
+
+    async def _declare_once(self, channel: AbstractRobustChannel, spec: QueueSpec) -> AbstractQueue:
         for exchange, _ in spec.bindings:
             if exchange not in EXCHANGES:
                 raise ValueError(f"queue {spec.name} binds to unknown exchange {exchange!r}")

@@ -374,3 +374,17 @@ async def _append(target: list, item) -> None:
 async def _dead_for(bus, queue_name: str):
     raws = await bus.take_raw(DEAD_LETTER_QUEUE.name)
     return [r for r in raws if r.headers.get(ORIGINAL_QUEUE_HEADER) == queue_name] or None
+
+
+async def test_a_declaration_the_broker_never_answers_names_the_likely_cause():
+    """A broker out of open files stops answering queue declarations (docs/benchmarks.md): the time-out says so."""
+
+    class SilentChannel:
+        async def declare_queue(self, *args, **kwargs):
+            await asyncio.sleep(3600)
+
+    bus = RabbitBus("amqp://guest:guest@127.0.0.1:1/", op_timeout_s=0.05)
+    spec = QueueSpec("test.silent", bindings=(), exclusive=True)  # exclusive: declared on the channel, no probe first
+    with pytest.raises(TimeoutError, match=r"test\.silent.*open files.*rabbitmq-diagnostics status"):
+        await bus._declare(SilentChannel(), spec)
+    assert "test.silent" not in bus.declared_queues
