@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import Row, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AccountSnapshotRow, BotBlock, Order, Position
@@ -22,8 +22,10 @@ async def get_order(*, session: AsyncSession, client_order_id: str) -> Order | N
 
 
 # The two statements of every order intent, built once (each execution binds its values).
-_ORDER_FOR_INTENT = select(Order).where(or_(Order.client_order_id == bindparam("client_order_id"), Order.decision_id == bindparam("decision_id")))
-_BOT_BLOCK = select(BotBlock).where(BotBlock.account_id == bindparam("account_id"), BotBlock.bot_id.in_([bindparam("bot_id"), 0]))
+_ORDERS = Order.__table__
+_ORDER_FOR_INTENT = select(_ORDERS).where(or_(_ORDERS.c.client_order_id == bindparam("client_order_id"), _ORDERS.c.decision_id == bindparam("decision_id")))
+_BLOCKS = BotBlock.__table__
+_BOT_BLOCK = select(_BLOCKS).where(_BLOCKS.c.account_id == bindparam("account_id"), _BLOCKS.c.bot_id.in_([bindparam("bot_id"), 0]))
 
 
 _INSERT_ORDER = Order.__table__.insert().returning(Order.__table__.c.id)
@@ -33,13 +35,17 @@ async def insert_order(*, session: AsyncSession, order: Order) -> int:
     """Insert a new order's row with one Core statement (the unit of work costs more than the insert); return its id.
     `order` itself stays out of the session: read it, and load the row to change it."""
     values = {column.name: getattr(order, column.key) for column in Order.__table__.columns if column.name != "id"}
-    return (await session.execute(_INSERT_ORDER, values)).scalar_one()
+    # On the session's connection: a session's execute adds about 55 µs (nothing is pending in it here).
+    return (await (await session.connection()).execute(_INSERT_ORDER, values)).scalar_one()
 
 
-async def order_for_intent(*, session: AsyncSession, client_order_id: str, decision_id: int) -> tuple[Order | None, Order | None]:
-    """In one query: the intent's order (by client order id), else another order already made for its decision."""
+async def order_for_intent(*, session: AsyncSession, client_order_id: str, decision_id: int) -> tuple[Row | None, Row | None]:
+    """In one query: the intent's order (by client order id), else another order already made for its decision.
+
+    Rows (read-only, the columns as attributes), not ORM objects: this runs for every intent, and the ORM's objects
+    cost about 0.1 ms more. Load the `Order` to change it."""
     params = {"client_order_id": client_order_id, "decision_id": decision_id}
-    rows = (await session.execute(_ORDER_FOR_INTENT, params)).scalars().all()
+    rows = (await (await session.connection()).execute(_ORDER_FOR_INTENT, params)).all()
     mine = next((row for row in rows if row.client_order_id == client_order_id), None)
     return mine, None if mine is not None else next(iter(rows), None)
 
@@ -112,9 +118,10 @@ async def mark_close_events_sent(*, session: AsyncSession, ids: list[int]) -> No
     await session.execute(update(Position).where(Position.id.in_(ids)).values(close_event_sent=True))
 
 
-async def bot_block(*, session: AsyncSession, account_id: int, bot_id: int) -> BotBlock | None:
-    """The kill-switch block on this bot (or on its whole account), if any."""
-    return (await session.execute(_BOT_BLOCK, {"account_id": account_id, "bot_id": bot_id})).scalars().first()
+async def bot_block(*, session: AsyncSession, account_id: int, bot_id: int) -> Row | None:
+    """The kill-switch block on this bot (or on its whole account), if any: its row's columns, not an ORM object (it
+    is checked on every order intent)."""
+    return (await (await session.connection()).execute(_BOT_BLOCK, {"account_id": account_id, "bot_id": bot_id})).first()
 
 
 async def block_bot(*, session: AsyncSession, account_id: int, bot_id: int, reason: str, at: datetime) -> None:
