@@ -44,7 +44,7 @@ WORK_QUEUES = (STRATEGY_BARS, DECISION_SIGNALS, DECISION_EVENTS, DEAD_LETTER_QUE
 
 
 @dataclass(slots=True)
-class Decoded:
+class Payload:
     """One publish's message, shared by the queues it was routed to (messages are frozen models, so one consumer
     cannot change what another reads), with its encoded body made at most once.
 
@@ -57,23 +57,23 @@ class Decoded:
 
     def encoded(self) -> bytes:
         if self.body is None:
-            assert self.value is not None, "a Decoded holds a body or a message"
+            assert self.value is not None, "a Payload holds a body or a message"
             self.body = self.value[0].encode()
         return self.body
 
 
 class RawMessage:
-    """A message as it sits in a queue: its body (encoded when first read, see Decoded) and its headers."""
+    """A message as it sits in a queue: its body (encoded when first read, see Payload) and its headers."""
 
-    __slots__ = ("headers", "exchange", "routing_key", "delivery_count", "not_before", "decoded")
+    __slots__ = ("headers", "exchange", "routing_key", "delivery_count", "not_before", "payload")
 
     def __init__(
         self, body: bytes | None = None, headers: dict[str, str] | None = None, exchange: str = "", routing_key: str = "", *,
-        decoded: Decoded | None = None,
+        payload: Payload | None = None,
     ) -> None:
-        self.decoded = decoded if decoded is not None else Decoded()
+        self.payload = payload if payload is not None else Payload()
         if body is not None:
-            self.decoded.body = body
+            self.payload.body = body
         self.headers = headers if headers is not None else {}
         self.exchange = exchange
         self.routing_key = routing_key
@@ -82,13 +82,13 @@ class RawMessage:
 
     @property
     def body(self) -> bytes:
-        return self.decoded.encoded()
+        return self.payload.encoded()
 
     def decode(self) -> tuple[Message, list[str]]:
         """The message and its unknown fields; InvalidMessage for a body that does not decode (never cached)."""
-        if self.decoded.value is None:
-            self.decoded.value = decode(self.headers.get(TYPE_HEADER, ""), self.decoded.encoded())
-        return self.decoded.value
+        if self.payload.value is None:
+            self.payload.value = decode(self.headers.get(TYPE_HEADER, ""), self.payload.encoded())
+        return self.payload.value
 
 
 def topic_matches(pattern: str, key: str) -> bool:
@@ -271,7 +271,7 @@ class InMemoryBus:
         carried = {TYPE_HEADER: message.type_name, **(headers or {})}
         # A PRODUCER span (a new trace when no span is active) whose W3C context travels in the headers.
         with publish_span(exchange=exchange, routing_key=routing_key, message_type=message.type_name, headers=carried, system="memory"):
-            self._route(Decoded(value=(message, [])), exchange=exchange, routing_key=routing_key, headers=carried)
+            self._route(Payload(value=(message, [])), exchange=exchange, routing_key=routing_key, headers=carried)
 
     async def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """Publish each message in order; like RabbitMQ's confirms awaited together, every one is tried and the
@@ -287,9 +287,9 @@ class InMemoryBus:
 
     async def publish_raw(self, body: bytes, *, exchange: str, routing_key: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish already-encoded bytes (tests use it to send malformed messages)."""
-        self._route(Decoded(body=body), exchange=exchange, routing_key=routing_key, headers=headers)
+        self._route(Payload(body=body), exchange=exchange, routing_key=routing_key, headers=headers)
 
-    def _route(self, decoded: Decoded, *, exchange: str, routing_key: str, headers: dict[str, str] | None) -> None:
+    def _route(self, payload: Payload, *, exchange: str, routing_key: str, headers: dict[str, str] | None) -> None:
         if not self._started:
             raise RuntimeError("bus not started")
         if exchange not in EXCHANGES:
@@ -299,7 +299,7 @@ class InMemoryBus:
         if not targets and exchange not in OPTIONAL_ROUTE_EXCHANGES:
             raise Unroutable(f"no queue is bound to {exchange} with key {routing_key!r}")
         for q in targets:
-            q.ready.append(RawMessage(headers=dict(headers or {}), exchange=exchange, routing_key=routing_key, decoded=decoded))
+            q.ready.append(RawMessage(headers=dict(headers or {}), exchange=exchange, routing_key=routing_key, payload=payload))
             q.poke()
         publish_latency_seconds.labels(exchange=exchange).observe(time.perf_counter() - started)
 
@@ -361,7 +361,7 @@ class InMemoryBus:
             DELIVERY_COUNT_HEADER: str(raw.delivery_count + (0 if reason.startswith("delivery limit") else 1)),
         }
         for target in self._routes(DEAD_LETTERS, ""):
-            target.ready.append(RawMessage(headers=headers, exchange=DEAD_LETTERS, routing_key=raw.routing_key, decoded=raw.decoded))
+            target.ready.append(RawMessage(headers=headers, exchange=DEAD_LETTERS, routing_key=raw.routing_key, payload=raw.payload))
             target.poke()
 
     def _detach(self, q: _Queue, consumer: _Consumer) -> None:
