@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     stale_after_min: float = Field(default=5.0, gt=0, description="minutes without a new closed bar before a symbol's scan pauses")
     delivery_limit: int = Field(default=5, ge=1, description="deliveries of a failing message before it is dead-lettered")
     prefetch: int = Field(default=32, ge=1)
+    strategy_concurrency: int = Field(
+        default=2, ge=1,
+        description="bar windows a strategy worker handles at once: it evaluates the next while the last one's publishes "
+                    "wait for the broker's confirms",
+    )
     order_ttl_s: float = Field(default=30.0, gt=0, description="an order intent not sent within this is expired")
     paper_balance: float = Field(default=10_000.0, gt=0)
     paper_commission_per_lot: float = Field(default=0.0, ge=0)

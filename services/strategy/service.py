@@ -199,7 +199,10 @@ class StrategyWorker:
 
     async def start(self) -> None:
         if self._consumer is None:
-            self._consumer = await self._bus.consume(topology.STRATEGY_BARS, self._on_message, prefetch=self._settings.prefetch)
+            self._consumer = await self._bus.consume(
+                topology.STRATEGY_BARS, self._on_message, prefetch=self._settings.prefetch,
+                concurrency=self._settings.strategy_concurrency,
+            )
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None

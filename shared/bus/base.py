@@ -99,8 +99,13 @@ class Bus(Protocol):
     async def publish_many(self, batch: Sequence[Outgoing]) -> None:
         """Publish `batch` in order, as `publish` does each message, waiting for all the confirms at once."""
 
-    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None) -> Consumer:
-        """Declare `spec` and deliver its messages to `handler` until the consumer is cancelled."""
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None, concurrency: int = 1) -> Consumer:
+        """Declare `spec` and deliver its messages to `handler` until the consumer is cancelled.
+
+        The handler runs on up to `concurrency` messages at once, each acked when its own handler returns. With the
+        default of 1 they are handled one at a time, in order (decision and the executor rely on it); more suits
+        independent messages whose handlers wait on the broker, as the strategy worker's wait for its confirms.
+        """
 
     async def queue_depth(self, name: str) -> int:
         """Messages ready in a queue (not counting those delivered and not yet acked)."""

@@ -119,12 +119,14 @@ class _Queue:
 
 
 class _Consumer:
-    def __init__(self, bus: InMemoryBus, queue: _Queue, handler: Handler) -> None:
+    """Runs the handler on up to `concurrency` messages at once: one task per slot, each taking the next ready message."""
+
+    def __init__(self, bus: InMemoryBus, queue: _Queue, handler: Handler, concurrency: int = 1) -> None:
         self._bus = bus
         self._queue = queue
         self._handler = handler
         self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{queue.spec.name}")
+        self._tasks = [asyncio.create_task(self._run(), name=f"consumer:{queue.spec.name}") for _ in range(concurrency)]
 
     def _eligible(self) -> bool:
         q = self._queue
@@ -200,18 +202,21 @@ class _Consumer:
                 consume_latency_seconds.labels(queue=q.spec.name).observe(time.perf_counter() - started)
 
     async def cancel(self) -> None:
-        """Stop taking messages; a handler in progress finishes first (graceful, like basic.cancel)."""
+        """Stop taking messages; handlers in progress finish first (graceful, like basic.cancel)."""
         self._stopping = True
         self._queue.poke()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._bus._detach(self._queue, self)
+        await self._join()
 
     async def kill(self) -> None:
-        """Stop at once, as a crashed process would: an unacked message goes back to the queue."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Stop at once, as a crashed process would: unacked messages go back to the queue."""
+        for task in self._tasks:
+            task.cancel()
+        await self._join()
+
+    async def _join(self) -> None:
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._bus._detach(self._queue, self)
 
 
@@ -220,7 +225,7 @@ class InMemoryBus:
 
     def __init__(self, *, delivery_limit: int = 5, prefetch: int = 32, redelivery_delay_s: float = 0.01) -> None:
         self.delivery_limit = delivery_limit
-        self.prefetch = prefetch  # handlers run one at a time per consumer; kept for interface parity
+        self.prefetch = prefetch  # nothing is buffered ahead of the handlers here; kept for interface parity
         self.redelivery_delay_s = redelivery_delay_s
         self._queues: dict[str, _Queue] = {}
         self._bindings: dict[str, list[tuple[str, _Queue]]] = {name: [] for name in EXCHANGES}
@@ -303,12 +308,14 @@ class InMemoryBus:
             q.poke()
         publish_latency_seconds.labels(exchange=exchange).observe(time.perf_counter() - started)
 
-    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None) -> _Consumer:
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None, concurrency: int = 1) -> _Consumer:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         await self.declare_queue(spec)
         q = self._queues[spec.name]
         if spec.exclusive and q.consumers:
             raise RuntimeError(f"queue {spec.name} is exclusive and already has a consumer")
-        consumer = _Consumer(self, q, handler)
+        consumer = _Consumer(self, q, handler, concurrency)
         q.consumers.append(consumer)
         return consumer
 

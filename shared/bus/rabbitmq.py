@@ -105,9 +105,12 @@ def _raw_message(message: AbstractIncomingMessage) -> RawMessage:
 
 
 class RabbitConsumer:
-    """One consumer on its own channel; runs the handler on one message at a time."""
+    """One consumer on its own channel; runs the handler on up to `concurrency` messages at once (1: in order)."""
 
-    def __init__(self, bus: RabbitBus, spec: QueueSpec, handler: Handler, channel: AbstractRobustChannel, delivery_limit: int) -> None:
+    def __init__(
+        self, bus: RabbitBus, spec: QueueSpec, handler: Handler, channel: AbstractRobustChannel, delivery_limit: int,
+        concurrency: int = 1,
+    ) -> None:
         self.spec = spec
         self._bus = bus
         self._handler = handler
@@ -115,7 +118,9 @@ class RabbitConsumer:
         self._delivery_limit = delivery_limit
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
-        self._lock = asyncio.Lock()  # one handler at a time; asyncio.Lock is FIFO, so the order is kept
+        # Handlers running at once; its waiters are woken first in, first out, so with one slot the order is kept.
+        self._concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
         self._pending: set[asyncio.Task] = set()  # deliveries received and not settled (running, waiting or backing off)
         self._backing_off: set[asyncio.Task] = set()  # failed deliveries waiting to be requeued
         self._stopping = False
@@ -152,14 +157,20 @@ class RabbitConsumer:
             with contextlib.suppress(*_PUBLISH_ERRORS, RuntimeError):
                 async with self._bus.bounded():
                     await self._queue.cancel(self._consumer_tag, timeout=self._bus.op_timeout_s)
+        taken = 0
         try:
-            # Waiting deliveries queue on the lock before us and return at once (they see _stopping).
+            # Waiting deliveries queue for a slot before us and return at once (they see _stopping); holding every
+            # slot means no handler is running.
             async with asyncio.timeout(timeout):
-                await self._lock.acquire()
-            self._lock.release()
+                while taken < self._concurrency:
+                    await self._slots.acquire()
+                    taken += 1
         except TimeoutError:
-            log.warning("consumer did not finish its message in time; stopping it", queue=self.spec.name, timeout_s=timeout)
+            log.warning("consumer did not finish its messages in time; stopping them", queue=self.spec.name, timeout_s=timeout)
             await self._abort()
+        finally:
+            for _ in range(taken):
+                self._slots.release()
         # Messages backing off before a requeue go back now: closing the channel returns them (counted, as a nack would).
         await self._abort(self._backing_off)
         await self._close_channel()
@@ -190,7 +201,7 @@ class RabbitConsumer:
         if task is not None:
             self._pending.add(task)
         try:
-            async with self._lock:
+            async with self._slots:
                 if self._stopping:
                     return  # never started: it goes back to the queue when the channel closes
                 retry_count = await self._deliver(message)
@@ -647,7 +658,9 @@ class RabbitBus:
 
     # --- consuming -------------------------------------------------------------------------------------------
 
-    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None) -> RabbitConsumer:
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int | None = None, concurrency: int = 1) -> RabbitConsumer:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         connection = self._require_started()
         if spec.exclusive and any(c.spec.name == spec.name and c.active for c in self._consumers):
             raise RuntimeError(f"queue {spec.name} is exclusive and already has a consumer")
@@ -655,9 +668,11 @@ class RabbitBus:
             channel = await connection.channel(publisher_confirms=False)
         try:
             async with self.bounded():
-                await channel.set_qos(prefetch_count=max(1, min(prefetch or self.prefetch, _MAX_PREFETCH)), timeout=self.op_timeout_s)
+                # Never fewer buffered than handled at once, or the extra handlers would wait for nothing.
+                count = max(concurrency, min(prefetch or self.prefetch, _MAX_PREFETCH))
+                await channel.set_qos(prefetch_count=count, timeout=self.op_timeout_s)
             queue = await self._declare(channel, spec)
-            consumer = RabbitConsumer(self, spec, handler, channel, self._limit(spec))
+            consumer = RabbitConsumer(self, spec, handler, channel, self._limit(spec), concurrency)
             self._consumers.append(consumer)
             await consumer._start(queue)
         except BaseException:

@@ -208,6 +208,85 @@ async def test_unacked_message_of_a_stopped_consumer_is_redelivered(bus):
     assert got[0].message.account_id == 7 and got[0].redelivered is True
 
 
+async def test_one_handler_at_a_time_in_order_by_default(bus):
+    spec, key = fresh_queue()
+    running, most, seen = 0, 0, []
+
+    async def handler(message, delivery):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.002)
+        seen.append(message.account_id)
+        running -= 1
+
+    await bus.consume(spec, handler)
+    await bus.publish_many([Outgoing(snapshot(n), EXECUTION_EVENTS, key) for n in range(1, 11)])
+    await eventually(lambda: len(seen) == 10, what="all 10 handled")
+    assert seen == list(range(1, 11)) and most == 1
+
+
+async def test_concurrency_runs_that_many_handlers_at_once_each_acked_on_its_own(bus):
+    spec, key = fresh_queue()
+    release = {n: asyncio.Event() for n in (1, 2, 3)}
+    started, finished, calls = [], [], []
+
+    async def handler(message, delivery):
+        n = message.account_id
+        calls.append(n)
+        started.append(n)
+        await release[n].wait()
+        finished.append(n)
+
+    await bus.consume(spec, handler, concurrency=2)
+    for n in (1, 2, 3):
+        await bus.publish(snapshot(n), exchange=EXECUTION_EVENTS, routing_key=key)
+    await eventually(lambda: sorted(started) == [1, 2], what="two handlers running at once")
+    await asyncio.sleep(0.1)
+    assert started == [1, 2], "a third handler started while two were running"
+    release[2].set()  # the second finishes first: it is acked alone, and its slot takes the third message
+    await eventually(lambda: started == [1, 2, 3], what="the freed slot taking the next message")
+    release[3].set()
+    release[1].set()
+    await eventually(lambda: sorted(finished) == [1, 2, 3], what="all three handled")
+    await asyncio.sleep(0.1)
+    assert sorted(calls) == [1, 2, 3], "a message was delivered twice"
+    assert await bus.queue_depth(spec.name) == 0
+
+
+async def test_cancel_waits_for_every_handler_in_progress(bus):
+    spec, key = fresh_queue()
+    release = asyncio.Event()
+    started, finished, later = [], [], []
+
+    async def handler(message, delivery):
+        started.append(message.account_id)
+        await release.wait()
+        finished.append(message.account_id)
+
+    consumer = await bus.consume(spec, handler, concurrency=2)
+    for n in (1, 2):
+        await bus.publish(snapshot(n), exchange=EXECUTION_EVENTS, routing_key=key)
+    await eventually(lambda: len(started) == 2, what="both handlers running")
+    cancelling = asyncio.create_task(consumer.cancel())
+    await asyncio.sleep(0.1)
+    assert not cancelling.done(), "cancel returned while handlers were still running"
+    release.set()
+    await asyncio.wait_for(cancelling, 10)
+    assert sorted(finished) == [1, 2]
+    await bus.consume(spec, lambda m, d: _append(later, m.account_id))
+    await asyncio.sleep(0.2)
+    assert later == [], "a message whose handler finished before the cancel was delivered again"
+
+
+async def test_concurrency_below_one_is_refused(bus):
+    import pytest
+
+    spec, _ = fresh_queue()
+    with pytest.raises(ValueError, match="concurrency"):
+        await bus.consume(spec, lambda m, d: _append([], m), concurrency=0)
+
+
 async def test_publish_many_delivers_every_message_in_batch_order(bus):
     spec, key = fresh_queue()
     seen = []

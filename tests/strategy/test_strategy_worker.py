@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from shared.messages import (
     BarWindow,
     InvalidMessage,
     Message,
+    ScanReport,
     Signal,
     StrategyConfig,
     Subscription,
@@ -253,6 +255,7 @@ class FakeBus:
         self.published: list[tuple[Message, str, str]] = []
         self.batches: list[int] = []  # the size of each publish_many
         self.consumers: list[tuple[QueueSpec, object, int | None, FakeConsumer]] = []
+        self.concurrency: list[int] = []
 
     async def publish(self, message: Message, *, exchange: str, routing_key: str = "", headers=None) -> None:
         self.published.append((message, exchange, routing_key))
@@ -262,8 +265,9 @@ class FakeBus:
         for out in batch:
             await self.publish(out.message, exchange=out.exchange, routing_key=out.routing_key, headers=out.headers)
 
-    async def consume(self, spec: QueueSpec, handler, *, prefetch: int | None = None) -> FakeConsumer:
+    async def consume(self, spec: QueueSpec, handler, *, prefetch: int | None = None, concurrency: int = 1) -> FakeConsumer:
         consumer = FakeConsumer()
+        self.concurrency.append(concurrency)
         self.consumers.append((spec, handler, prefetch, consumer))
         return consumer
 
@@ -273,6 +277,7 @@ async def test_the_worker_consumes_strategy_bars_and_publishes_signals_then_the_
     await worker.start()
     [(spec, handler, prefetch, consumer)] = bus.consumers
     assert (spec, prefetch) == (topology.STRATEGY_BARS, 7)
+    assert bus.concurrency == [Settings().strategy_concurrency] == [2]
 
     window = window_of(sub(1, ("counting", {})), sub(2, ("counting", {})), symbol="XAUUSD")
     await handler(window, Delivery(message=window, exchange=topology.MARKET_BARS, routing_key="bars.1m.XAUUSD"))
@@ -310,6 +315,43 @@ async def test_over_the_in_memory_bus_the_signals_reach_decision_before_their_re
     assert [type(m).__name__ for m in received] == ["Signal", "Signal", "Signal", "ScanReport"]
     assert [s.bot_id for s in received[:3]] == [1, 2, 3]
     assert [sid for bot in received[3].bots for sid in bot.signal_ids] == [s.signal_id for s in received[:3]]
+
+
+async def test_the_next_window_is_evaluated_while_the_last_ones_publishes_wait_for_the_broker(calls):
+    class SlowConfirms(InMemoryBus):
+        """The first batch's confirms do not come until the test says so, as from a busy broker."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.confirm_first = asyncio.Event()
+            self.batches = 0
+
+        async def publish_many(self, batch: list[Outgoing]) -> None:
+            self.batches += 1
+            if self.batches == 1:
+                await self.confirm_first.wait()
+            await super().publish_many(batch)
+
+    bus = SlowConfirms()
+    await bus.start()
+    worker = StrategyWorker(bus=bus, settings=Settings(strategy_concurrency=2), catalog=Catalog([counting_strategy(calls)]),
+                            clock=ManualClock(NOW))
+    await worker.start()
+    reports: list[ScanReport] = []
+
+    async def record(message: Message, delivery: Delivery) -> None:
+        if isinstance(message, ScanReport):
+            reports.append(message)
+
+    await bus.consume(topology.DECISION_SIGNALS, record)
+    first, second = window_of(sub(1, ("counting", {}))), window_of(sub(2, ("counting", {})), symbol="EURUSD")
+    for window in (first, second):
+        await bus.publish(window, exchange=topology.MARKET_BARS, routing_key=topology.bars_key("1m", window.symbol))
+    await eventually(lambda: [r.window_id for r in reports] == [second.message_id], what="the second window's report")
+    bus.confirm_first.set()
+    await eventually(lambda: len(reports) == 2, what="the first window's report once confirmed")
+    await bus.close()
+    assert await bus.queue_depth(topology.STRATEGY_BARS.name) == 0
 
 
 async def test_the_handler_refuses_a_message_that_is_not_a_bar_window(worker):
