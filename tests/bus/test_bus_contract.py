@@ -208,7 +208,7 @@ async def test_unacked_message_of_a_stopped_consumer_is_redelivered(bus):
     assert got[0].message.account_id == 7 and got[0].redelivered is True
 
 
-async def test_one_handler_at_a_time_in_order_by_default(bus):
+async def test_one_handler_at_a_time_in_order_by_default_whatever_the_prefetch(bus):
     spec, key = fresh_queue()
     running, most, seen = 0, 0, []
 
@@ -220,10 +220,10 @@ async def test_one_handler_at_a_time_in_order_by_default(bus):
         seen.append(message.account_id)
         running -= 1
 
-    await bus.consume(spec, handler)
-    await bus.publish_many([Outgoing(snapshot(n), EXECUTION_EVENTS, key) for n in range(1, 11)])
-    await eventually(lambda: len(seen) == 10, what="all 10 handled")
-    assert seen == list(range(1, 11)) and most == 1
+    await bus.consume(spec, handler, prefetch=20)
+    await bus.publish_many([Outgoing(snapshot(n), EXECUTION_EVENTS, key) for n in range(1, 21)])
+    await eventually(lambda: len(seen) == 20, what="all 20 handled")
+    assert seen == list(range(1, 21)) and most == 1
 
 
 async def test_concurrency_runs_that_many_handlers_at_once_each_acked_on_its_own(bus):

@@ -249,26 +249,6 @@ async def test_message_in_a_durable_queue_outlives_the_connection_that_sent_it(r
         assert (await eventually(lambda: got, what="delivery to a new connection"))[0].account_id == 9
 
 
-async def test_one_handler_at_a_time_in_order_whatever_the_prefetch(rabbit):
-    spec, key = fresh_queue()
-    running, most, order = 0, 0, []
-
-    async def handler(message, delivery):
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0.005)
-        order.append(message.account_id)
-        running -= 1
-
-    await rabbit.consume(spec, handler, prefetch=20)
-    for n in range(1, 21):
-        await rabbit.publish(snapshot(n), exchange=EXECUTION_EVENTS, routing_key=key)
-    await eventually(lambda: len(order) == 20, what="all handled")
-    assert most == 1
-    assert order == list(range(1, 21))
-
-
 async def test_a_failed_message_backs_off_without_holding_up_the_next():
     spec, key = fresh_queue()
     order = []
