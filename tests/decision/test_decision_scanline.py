@@ -177,3 +177,13 @@ async def test_scan_line_of_signals_decided_here_needs_no_query_and_matches_the_
                        bots=(BotScan(bot_id=quiet.id, strategies=STRATEGIES[:2], signal_ids=(stranger.signal_id,)),))
     with pytest.raises(TransientError):  # undecided, so the report waits for it, as before
         await service.on_signals_queue(other, delivery(other))
+
+
+def test_a_scan_lines_log_fields_are_every_field_but_the_undecided_ids():
+    import dataclasses
+
+    from services.decision.scanline import ScanLine
+
+    line = ScanLine(bot=7, symbol="XAUUSDm", strategies=4, signals=2, decisions=1, orders=1, undecided=("a",))
+    wanted = {f.name: getattr(line, f.name) for f in dataclasses.fields(ScanLine) if f.name != "undecided"}
+    assert line.fields() == wanted
