@@ -145,10 +145,10 @@ class RabbitConsumer:
             )
 
     async def cancel(self, timeout: float = 30.0) -> None:
-        """Stop taking messages, let the handler in progress finish, then close (graceful, basic.cancel).
+        """Stop taking messages, let the handlers in progress finish, then close (graceful, basic.cancel).
 
-        Messages buffered by prefetch and not started go back to the queue when the channel closes. A handler
-        that does not finish within `timeout` is stopped as by kill().
+        Messages buffered by prefetch and not started go back to the queue when the channel closes. Handlers that
+        do not finish within `timeout` are stopped as by kill().
         """
         if self._stopping:
             return
