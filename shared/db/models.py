@@ -164,6 +164,31 @@ class AuditLog(SQLModel, table=True):
     after: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
 
 
+class OutboxRow(SQLModel, table=True):
+    """A message a decision transaction chose to send, written in that transaction and published after its commit by
+    the relay in shared/outbox.py (architecture.md, "Idempotency chain" 6). `body` is the message's JSON as the bus
+    carries it, `message_type` its type name (shared.messages.decode reads both back)."""
+
+    __tablename__ = "outbox"
+    # The relay's start-up and sweep look only at rows not yet published: a partial index keeps that cheap as the
+    # published rows pile up (both SQLite and PostgreSQL have partial indexes).
+    __table_args__ = (
+        sa.Index(
+            "ix_outbox_unpublished", "id",
+            sqlite_where=sa.text("published_at IS NULL"), postgresql_where=sa.text("published_at IS NULL"),
+        ),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    exchange: str = Field(max_length=64)
+    routing_key: str = Field(max_length=128)
+    message_type: str = Field(max_length=32)
+    body: str = Field(sa_type=sa.Text)
+    created_at: datetime = _time(default_factory=utcnow)
+    published_at: datetime | None = _time(default=None, description="when the bus confirmed it; null until then")
+    attempts: int = Field(default=0, description="publishes tried that failed")
+    last_error: str | None = Field(default=None, max_length=500)
+
+
 # --- executor ---------------------------------------------------------------------------------------------
 
 
