@@ -159,7 +159,7 @@ for _name in MT5_FUNCTIONS:
     setattr(RemoteMT5, _name, _remote_function(_name))
 
 
-def _run_clock(terminal: Terminal, speed: float, stop: threading.Event) -> None:
+def run_clock(terminal: Terminal, speed: float, stop: threading.Event) -> None:
     """Move the simulated clock `speed` times faster than the wall clock (for running a stack against it)."""
     last = time.monotonic()
     while not stop.wait(0.1):
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     server = SimulatorServer(terminal, args.port)
     stop = threading.Event()
     if args.speed > 0:
-        threading.Thread(target=_run_clock, args=(terminal, args.speed, stop), daemon=True).start()
+        threading.Thread(target=run_clock, args=(terminal, args.speed, stop), daemon=True).start()
     print(f"mt5sim listening on {HOST}:{server.port}", flush=True)
     try:
         server.serve_forever()
