@@ -285,6 +285,7 @@ class RatesReply(Message):
     timeframe: Timeframe = "1m"
     bars: BarColumns | None = Field(default=None, description="closed bars, oldest first, times in UTC")
     error: str = ""
+    server_time: AwareDatetime | None = Field(default=None, description="the terminal's current time, in UTC, when it answered")
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

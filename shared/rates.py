@@ -15,10 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 
 from shared.bars import Bars
 from shared.bus.base import Bus, Consumer, Delivery, QueueSpec, Unroutable
+from shared.logging import get_logger
 from shared.messages import Message, RatesReply, RatesRequest
+
+log = get_logger(__name__)
 
 RATES = "rates"
 REPLY_PREFIX = "reply."
@@ -34,11 +39,16 @@ class RatesUnavailable(Exception):
 
 
 class RatesClient:
-    """Ask for closed M1 bars over the bus: `await client.fetch(account_id=1, symbol="XAUUSD", count=100)`."""
+    """Ask for closed M1 bars over the bus: `await client.fetch(account_id=1, symbol="XAUUSD", count=100)`.
 
-    def __init__(self, bus: Bus, *, timeout_s: float = 10.0) -> None:
+    `on_terminal_time` (e.g. a TerminalClock's `observe`) is called with a reply's `server_time`, the terminal's
+    time in UTC when it answered, whenever an awaited reply carries one.
+    """
+
+    def __init__(self, bus: Bus, *, timeout_s: float = 10.0, on_terminal_time: Callable[[datetime], object] | None = None) -> None:
         self._bus = bus
         self._timeout_s = timeout_s
+        self._on_terminal_time = on_terminal_time
         self._key = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
         self._waiting: dict[uuid.UUID, asyncio.Future[RatesReply]] = {}
         self._consumer: Consumer | None = None
@@ -60,9 +70,14 @@ class RatesClient:
         if not isinstance(message, RatesReply):
             return
         future = self._waiting.pop(message.correlation_id, None)
-        if future is not None and not future.done():
-            future.set_result(message)
-        # A reply nobody waits for (timed out) is dropped.
+        if future is None or future.done():
+            return  # a reply nobody waits for (timed out) is dropped, its server time too (it is old news)
+        if message.server_time is not None and self._on_terminal_time is not None:
+            try:
+                self._on_terminal_time(message.server_time)
+            except Exception as exc:  # noqa: BLE001  a clock that cannot follow must not lose the bars
+                log.warning("terminal time not taken", server_time=message.server_time.isoformat(), error=repr(exc))
+        future.set_result(message)
 
     async def fetch(self, *, account_id: int, symbol: str, count: int, timeframe: str = "1m") -> Bars:
         await self.start()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
@@ -138,3 +140,89 @@ class ManualClock:
         while self._now < ensure_utc(when):
             self._moved.clear()
             await self._moved.wait()
+
+
+class TerminalClock:
+    """The broker terminal's time, in UTC: extrapolated from its last observed value with the monotonic clock.
+
+    `observe(terminal_now_utc)` re-anchors it (the MT5 feed calls it with the `server_time` a rates reply carries).
+    Between observations it runs `speed` times the monotonic clock (1.0 for a real terminal, more for a simulator).
+    It never goes backwards: an observation behind the time already shown holds the clock still until the new
+    anchor catches up, rather than making a scan or a sleeper see time run back. Safe to observe from any thread.
+    """
+
+    def __init__(self, speed: float = 1.0, start: datetime | None = None, *, max_sleep_s: float = 0.5) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        if max_sleep_s <= 0:
+            raise ValueError("max_sleep_s must be positive")
+        self._speed = speed
+        self._max_sleep_s = max_sleep_s
+        self._lock = threading.Lock()
+        self._anchor = ensure_utc(start) if start is not None else utcnow()
+        self._anchor_mono = time.monotonic()
+        self._shown = self._anchor  # the latest time now() returned: the floor of every later answer
+        self._observed_at: datetime | None = None
+        self._wakers: set[asyncio.Future[None]] = set()
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    @property
+    def observed_at(self) -> datetime | None:
+        """The last terminal time observed (None before the first observation)."""
+        return self._observed_at
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now_locked()
+
+    def _now_locked(self) -> datetime:
+        t = self._anchor + timedelta(seconds=(time.monotonic() - self._anchor_mono) * self._speed)
+        if t > self._shown:
+            self._shown = t
+        return self._shown
+
+    def observe(self, terminal_now_utc: datetime) -> timedelta:
+        """Re-anchor at the terminal's current time; return the correction (positive: the clock jumped forward;
+        negative: it was ahead and now holds still for that long)."""
+        observed = ensure_utc(terminal_now_utc)
+        with self._lock:
+            correction = observed - self._now_locked()
+            self._anchor, self._anchor_mono = observed, time.monotonic()
+            self._observed_at = observed
+            wakers: set[asyncio.Future[None]] = set()
+            if correction > timedelta(0):
+                self._shown = observed
+                wakers, self._wakers = self._wakers, set()
+        for waker in wakers:  # sleepers re-check at once (on their loop's thread)
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                waker.get_loop().call_soon_threadsafe(_wake, waker)
+        return correction
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Sleep until the clock shows `when`; wake early on a forward re-anchor, and at least every max_sleep_s
+        real seconds to re-check (a terminal's time may move in ways no sleep computed up front foresees)."""
+        when = ensure_utc(when)
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = (when - self.now()).total_seconds()
+            if remaining <= 0:
+                return
+            waker: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                self._wakers.add(waker)
+            try:
+                async with asyncio.timeout(min(remaining / self._speed, self._max_sleep_s)):
+                    await waker
+            except TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    self._wakers.discard(waker)
+
+
+def _wake(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)

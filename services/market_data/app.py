@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from services.market_data.schemas import BarsPublic, SymbolPublic, SymbolsPublic
 from services.market_data.service import MarketDataService
+from shared.rates import RatesUnavailable
 from shared.symbols import DEFAULT_SPECS, UnknownSymbol
 
 MAX_BARS = 5000
@@ -31,7 +32,10 @@ def create_router(service: MarketDataService) -> APIRouter:
             name = service.resolve_symbol(symbol)
         except UnknownSymbol as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
-        bars = await service.recent_bars(symbol=name, count=count)
+        try:
+            bars = await service.recent_bars(symbol=name, count=count)
+        except RatesUnavailable as exc:  # the mt5 feed: no executor session answered
+            raise HTTPException(status_code=503, detail=str(exc)) from None
         return BarsPublic.from_bars(name, bars)
 
     return router

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.market_data.feeds.base import BAR_SECONDS, Feed
+from services.market_data.feeds.base import BAR_SECONDS, Feed, PlanFollower
 from shared.bars import Bars
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery
@@ -50,6 +50,7 @@ class SymbolState:
     rejected_seen: set[int] = field(default_factory=set)  # bar times whose refusal was already counted
     levels_day: datetime | None = None
     levels: Levels | None = None
+    error: str | None = None  # the feed's last failure on this symbol (logged once), None once it serves again
 
 
 async def _resolve(value):
@@ -71,6 +72,8 @@ class MarketDataService:
         self._started = False
         self.last_scan_at: datetime | None = None
         self._server_time = getattr(feed, "server_time", "utc")
+        # A feed that serves what the plan names (mt5) is handed each plan this service keeps.
+        self._plan_follower: PlanFollower | None = feed if isinstance(feed, PlanFollower) else None
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class MarketDataService:
         if old != new:
             log.info("scan plan", symbols=sorted(new))
         self._plan = plan
+        if self._plan_follower is not None:
+            self._plan_follower.update_plan(plan)
 
     @property
     def plan(self) -> ScanPlan | None:
@@ -175,11 +180,9 @@ class MarketDataService:
                 try:
                     window = await self._scan_symbol(entry, state, now)
                 except Exception as exc:  # noqa: BLE001  one symbol's feed failure must not stop the others
-                    detail = f"{type(exc).__name__}: {exc}"
-                    if (state.state, state.detail) != ("error", detail):  # log once per distinct failure
-                        log.warning("scan of symbol failed", symbol=entry.symbol, error=detail)
-                    state.state, state.detail = "error", detail
+                    self._scan_failed(entry.symbol, state, now, exc)
                     continue
+                state.error = None
                 if window is not None:
                     published.append(window)
             self.last_scan_at = now
@@ -226,6 +229,24 @@ class MarketDataService:
         state.published = (newest, entry)
         bar_windows_published_total.labels(symbol=symbol).inc()
         return window
+
+    def _scan_failed(self, symbol: str, state: SymbolState, now: datetime, exc: Exception) -> None:
+        """Record a failed scan of `symbol` (state `error`, logged once per distinct failure). A feed that keeps
+        failing goes stale like one whose bars stop: once no bar has closed for stale_after_min while the market is open."""
+        error = f"{type(exc).__name__}: {exc}"
+        if error != state.error:
+            log.warning("scan of symbol failed", symbol=symbol, error=error)
+            state.error = error
+        try:
+            market_open = self.feed.market_open(symbol, now)
+        except Exception:  # noqa: BLE001  a symbol the feed does not know is not open
+            market_open = False
+        if not market_open:
+            state.watch_from = now
+        if self._check_stale(symbol, state, now, state.closed_through, market_open=market_open):
+            state.detail = f"{state.detail}; the feed fails: {error}"
+        else:
+            state.state, state.detail = "error", error
 
     def _refuse_bad_bars(self, symbol: str, bars: Bars, state: SymbolState) -> Bars:
         """Drop bars that fail `bar_problem`; count and log each refused bar once, however many scans see it."""

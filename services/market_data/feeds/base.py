@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shared.bars import Bars
+from shared.messages import ScanPlan
 from shared.timeutil import ensure_utc
 
 BAR_SECONDS = 60
@@ -30,6 +31,15 @@ class Feed(Protocol):
 
     def start_time(self) -> datetime:
         """Where an accelerated clock should start so the first scan already has a full window of history."""
+
+
+@runtime_checkable
+class PlanFollower(Protocol):
+    """A feed that serves what the scan plan names (MT5: the plan's symbols, read through its accounts' sessions).
+
+    Market data hands it every plan it keeps, before its next scan."""
+
+    def update_plan(self, plan: ScanPlan) -> None: ...
 
 
 def weekend_closed(at: datetime) -> bool:
