@@ -12,6 +12,12 @@ decisions_total = Counter("decisions_total", "Decisions made on new signals, by 
 decision_ignored_total = Counter("decision_ignored_total", "Signals decided `ignore`, by reason", ["reason"])
 orders_placed_total = Counter("orders_placed_total", "Orders sent to the broker, by outcome", ["status"])
 fills_total = Counter("fills_total", "Orders filled by the broker", ["symbol"])
+executor_state_conflicts_total = Counter(
+    "executor_state_conflicts_total",
+    "Clashes between what the broker reports and what the executor's tables hold (a reused ticket, a position row that "
+    "is not the order's), logged as errors and never skipped in silence",
+    ["kind"],
+)
 kill_switch_trips_total = Counter("kill_switch_trips_total", "Bots stopped by the daily-loss kill switch")
 strategy_errors_total = Counter("strategy_errors_total", "Strategy evaluations that raised", ["strategy"])
 dead_letters_total = Counter("dead_letters_total", "Messages dead-lettered", ["queue", "reason"])

@@ -44,7 +44,7 @@ from shared.messages import (
     RatesRequest,
 )
 from shared.rates import RATES, executor_rates_queue
-from shared.metrics import fills_total, orders_placed_total, signal_to_order_seconds
+from shared.metrics import executor_state_conflicts_total, fills_total, orders_placed_total, signal_to_order_seconds
 from shared.settings import Settings
 from shared.strategies.indicators import atr as atr_series
 from shared.symbols import SymbolSpec, UnknownSymbol, canonical_symbol, get_spec
@@ -627,6 +627,17 @@ class ExecutorService:
 
     async def _upsert_position(self, session: AsyncSession, *, order: Order, position: BrokerPosition) -> None:
         row = await store.get_position(session=session, account_ids=[order.account_id], ticket=position.ticket)
+        if row is not None and (row.status != "open" or (row.client_order_id != order.client_order_id and not self._nets(order.account_id))):
+            # The broker names a ticket the tables already hold for something else: never overwrite it, never drop it
+            # in silence. The order stays filled (the broker did fill it); a person must look.
+            kind = "ticket_reused" if row.status != "open" else "position_of_another_order"
+            executor_state_conflicts_total.labels(kind=kind).inc()
+            self._log.error(
+                "broker ticket clashes with the positions table: no position row recorded for this fill", kind=kind,
+                account_id=order.account_id, ticket=position.ticket, client_order_id=order.client_order_id,
+                row_client_order_id=row.client_order_id, row_status=row.status,
+            )
+            return
         if row is None:
             session.add(
                 Position(
@@ -646,6 +657,10 @@ class ExecutorService:
         elif row.status == "open":
             # Netting: the deal added to an open position (volume-weighted price, the new stops).
             row.volume, row.open_price, row.sl, row.tp = position.volume, position.open_price, position.sl, position.tp
+
+    def _nets(self, account_id: int) -> bool:
+        """Whether the account nets (one position per symbol, deals add to it) rather than hedges."""
+        return self._brokers[account_id].margin_mode == "netting"
 
     async def _publish_outcome(self, order_id: int) -> None:
         """Publish the order's ExecutionReport (every time asked: a re-delivered intent gets the same report again)
@@ -845,16 +860,16 @@ class ExecutorService:
     # --- start-up ----------------------------------------------------------------------------------------------
 
     async def _restore_paper_brokers(self) -> None:
-        """After a restart, give an empty paper broker the open positions and the balance the tables remember."""
+        """After a restart or a take-over, give an empty paper broker the open positions, the balance and the ticket
+        count the tables remember (tickets go on past every one ever issued, so none is reused)."""
         for paper, account_ids in self._paper:
             if await paper.positions():
-                continue
+                continue  # this process's own book: it is the truth, and its ticket count is its own
             async with self._sessions() as session:
                 rows = await store.open_positions(session=session, account_ids=account_ids)
                 magics = await store.magic_by_client_order_id(session=session, client_order_ids=[r.client_order_id for r in rows])
                 realised = await store.realised_pnl(session=session, account_ids=account_ids)
-            if not rows and realised == 0:
-                continue
+                issued = await store.highest_ticket(session=session, account_ids=account_ids)
             paper.restore(
                 [
                     BrokerPosition(
@@ -872,8 +887,11 @@ class ExecutorService:
                     for r in rows
                 ],
                 balance=paper.initial_balance + realised,
+                issued_through=issued,
             )
-            self._log.info("paper broker restored", accounts=account_ids, positions=len(rows), realised_pnl=realised)
+            if rows or realised or issued:
+                self._log.info("paper broker restored", accounts=account_ids, positions=len(rows), realised_pnl=realised,
+                               tickets_issued_through=issued)
 
     # --- reads for the internal routes -------------------------------------------------------------------------
 

@@ -84,6 +84,15 @@ async def realised_pnl(*, session: AsyncSession, account_ids: Iterable[int]) -> 
     return float((await session.execute(stmt)).scalar_one())
 
 
+async def highest_ticket(*, session: AsyncSession, account_ids: Iterable[int]) -> int:
+    """The highest ticket these accounts' orders and positions ever recorded (0 for none): a paper broker goes on after it."""
+    ids = list(account_ids)
+    orders = select(func.max(Order.ticket)).where(Order.account_id.in_(ids)).scalar_subquery()
+    positions = select(func.max(Position.ticket)).where(Position.account_id.in_(ids)).scalar_subquery()
+    highest = (await session.execute(select(func.coalesce(orders, 0), func.coalesce(positions, 0)))).one()
+    return int(max(highest))
+
+
 async def magic_by_client_order_id(*, session: AsyncSession, client_order_ids: Iterable[str]) -> dict[str, int]:
     ids = [c for c in client_order_ids if c]
     if not ids:

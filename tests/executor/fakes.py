@@ -28,6 +28,10 @@ class CountingBroker:
         self.lose_next_answer = False
         self.is_healthy = True
 
+    @property
+    def margin_mode(self) -> str:
+        return self.inner.margin_mode
+
     async def place(self, request: OrderRequest) -> PlaceResult:
         self.place_calls.append(request)
         result = await self.inner.place(request)
@@ -66,8 +70,8 @@ class CountingBroker:
     async def on_bars(self, symbol, bars):
         return await self.inner.on_bars(symbol, bars)
 
-    def restore(self, positions, *, balance=None) -> None:
-        self.inner.restore(positions, balance=balance)
+    def restore(self, positions, *, balance=None, issued_through=0) -> None:
+        self.inner.restore(positions, balance=balance, issued_through=issued_through)
 
 
 def settings(**overrides) -> Settings:

@@ -414,6 +414,43 @@ async def test_start_restores_an_empty_paper_broker_from_the_tables(sessions):
         await rig.service.stop()
 
 
+async def test_tickets_go_on_past_every_ticket_ever_issued_after_restarts_with_nothing_open(sessions):
+    """The bug of the first crash runs: with no position open at a restart the counter started at 1 again, and the
+    next fill matched an old closed row and was dropped. Three lives, each opening and closing one position."""
+    tickets = []
+    for life in range(3):
+        rig = Rig(sessions)
+        await rig.service.start()
+        try:
+            await rig.priced()
+            await rig.service.handle_intent(intent(life + 1), None)
+            await rig.bus.deliver(COMMANDS_Q, command("close_all", reason="manual"))
+        finally:
+            await rig.service.stop()
+        tickets.append((await rig.orders())[-1].ticket)
+    assert len(set(tickets)) == 3, tickets
+    positions = await rig.positions()
+    assert [(p.ticket, p.client_order_id, p.status) for p in positions] == [
+        (t, intent(n + 1).client_order_id, "closed") for n, t in enumerate(tickets)]
+
+
+async def test_a_broker_ticket_the_tables_hold_closed_is_a_counted_conflict_never_a_silent_skip(rig, caplog):
+    from shared.metrics import executor_state_conflicts_total
+
+    async with transaction(rig.sessions) as s:
+        s.add(Position(ticket=1, account_id=ACCOUNT, bot_id=7, client_order_id="sc7-0-old", symbol="XAUUSD", side="buy",
+                       volume=0.1, open_price=1990.0, opened_at=NOW - timedelta(hours=1), status="closed", pnl=1.0,
+                       close_event_sent=True))
+    before = executor_state_conflicts_total.labels(kind="ticket_reused")._value.get()
+    await rig.priced()
+    await rig.service.handle_intent(intent(1), None)  # this paper broker was never restored: it issues ticket 1 again
+    [order] = await rig.orders()
+    assert (order.status, order.ticket) == ("filled", 1)
+    assert executor_state_conflicts_total.labels(kind="ticket_reused")._value.get() == before + 1
+    [row] = await rig.positions()
+    assert row.client_order_id == "sc7-0-old"  # the old row is left as it was, not overwritten
+
+
 async def test_readiness_reports_the_broker_and_the_database(rig):
     ok, details = await rig.service.readiness()
     assert ok and details["broker"] and details["database"]

@@ -131,6 +131,8 @@ class AccountInfo:
 class Broker(Protocol):
     """One broker session (one trading account). Raise BrokerUnavailable when the broker cannot be reached."""
 
+    margin_mode: str  # "hedging" (a position per deal) or "netting" (one position per symbol that deals add to)
+
     async def place(self, request: OrderRequest) -> PlaceResult:
         """Send a market order; never retry inside (the executor decides, after `find_order`)."""
 

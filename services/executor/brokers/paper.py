@@ -343,12 +343,15 @@ class PaperBroker:
 
     # --- restart -------------------------------------------------------------------------------------------
 
-    def restore(self, positions: Iterable[BrokerPosition], *, balance: float | None = None) -> None:
+    def restore(self, positions: Iterable[BrokerPosition], *, balance: float | None = None, issued_through: int = 0) -> None:
         """Rebuild the open positions (and the balance) after a restart, from the executor's positions table.
 
+        `issued_through` is the highest ticket the tables ever saw on this broker's accounts (open, closed, or only
+        on an order row): tickets go on after it, so a ticket is never issued twice, however many restarts.
         A restored position is checked from the bar in which it was opened: the bars seen before the restart
         are not known to have been checked.
         """
+        self._next_ticket = max(self._next_ticket, issued_through + 1)
         self._positions.clear()
         for p in positions:
             spec = get_spec(p.symbol, self._suffix)
