@@ -81,12 +81,18 @@ def broker_day_start(rule: str, at_utc: datetime) -> datetime:
 class Clock(Protocol):
     """What every live component asks for the time; tests and replays inject a simulated one."""
 
+    @property
+    def speed(self) -> float:
+        """Simulated seconds per real second (1.0 for the wall clock): real-time budgets are scaled by it."""
+
     def now(self) -> datetime: ...
 
     async def sleep_until(self, when: datetime) -> None: ...
 
 
 class SystemClock:
+    speed = 1.0
+
     def now(self) -> datetime:
         return utcnow()
 
@@ -122,6 +128,8 @@ class AcceleratedClock:
 class ManualClock:
     """A clock that moves only when told: for tests and the backtester."""
 
+    speed = 1.0  # time moves only when told; a real-time budget counts as is
+
     def __init__(self, start: datetime) -> None:
         self._now = ensure_utc(start)
         self._moved = asyncio.Event()
@@ -147,22 +155,30 @@ class TerminalClock:
 
     `observe(terminal_now_utc)` re-anchors it (the MT5 feed calls it with the `server_time` a rates reply carries).
     Between observations it runs `speed` times the monotonic clock (1.0 for a real terminal, more for a simulator).
-    It never goes backwards: an observation behind the time already shown holds the clock still until the new
-    anchor catches up, rather than making a scan or a sleeper see time run back. Safe to observe from any thread.
+
+    It never goes backwards. An observation up to `max_hold_s` behind the time already shown re-anchors and holds the
+    clock still until the new anchor catches up, rather than making a scan or a sleeper see time run back. One further
+    behind is taken for a stale reading and ignored: a terminal's newest tick time stops while its market is closed
+    or quiet, and holding still for a weekend would stop the scans. The exception is the first observation of a clock
+    made without `start` (which then starts from the system's UTC time, a guess): it anchors even backwards, so
+    observe once before anything sleeps on such a clock. Safe to observe from any thread.
     """
 
-    def __init__(self, speed: float = 1.0, start: datetime | None = None, *, max_sleep_s: float = 0.5) -> None:
+    def __init__(self, speed: float = 1.0, start: datetime | None = None, *, max_hold_s: float = 5.0, max_sleep_s: float = 0.5) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
-        if max_sleep_s <= 0:
-            raise ValueError("max_sleep_s must be positive")
+        if max_sleep_s <= 0 or max_hold_s < 0:
+            raise ValueError("max_sleep_s must be positive and max_hold_s not negative")
         self._speed = speed
+        self._max_hold = timedelta(seconds=max_hold_s)
         self._max_sleep_s = max_sleep_s
         self._lock = threading.Lock()
         self._anchor = ensure_utc(start) if start is not None else utcnow()
         self._anchor_mono = time.monotonic()
         self._shown = self._anchor  # the latest time now() returned: the floor of every later answer
+        self._guessing = start is None  # no time known yet: the first observation anchors whatever it says
         self._observed_at: datetime | None = None
+        self._ignored = 0
         self._wakers: set[asyncio.Future[None]] = set()
 
     @property
@@ -173,6 +189,11 @@ class TerminalClock:
     def observed_at(self) -> datetime | None:
         """The last terminal time observed (None before the first observation)."""
         return self._observed_at
+
+    @property
+    def ignored(self) -> int:
+        """Observations ignored as stale (more than max_hold_s behind the clock)."""
+        return self._ignored
 
     def now(self) -> datetime:
         with self._lock:
@@ -185,17 +206,21 @@ class TerminalClock:
         return self._shown
 
     def observe(self, terminal_now_utc: datetime) -> timedelta:
-        """Re-anchor at the terminal's current time; return the correction (positive: the clock jumped forward;
-        negative: it was ahead and now holds still for that long)."""
+        """Re-anchor at the terminal's current time; return the correction: positive, the clock jumped forward;
+        negative down to -max_hold_s, it holds still that long; further back, the reading was ignored."""
         observed = ensure_utc(terminal_now_utc)
+        wakers: set[asyncio.Future[None]] = set()
         with self._lock:
             correction = observed - self._now_locked()
-            self._anchor, self._anchor_mono = observed, time.monotonic()
             self._observed_at = observed
-            wakers: set[asyncio.Future[None]] = set()
-            if correction > timedelta(0):
-                self._shown = observed
+            if self._guessing or correction > timedelta(0):
+                self._anchor, self._anchor_mono, self._shown = observed, time.monotonic(), observed
                 wakers, self._wakers = self._wakers, set()
+            elif -correction <= self._max_hold:
+                self._anchor, self._anchor_mono = observed, time.monotonic()
+            else:
+                self._ignored += 1
+            self._guessing = False
         for waker in wakers:  # sleepers re-check at once (on their loop's thread)
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 waker.get_loop().call_soon_threadsafe(_wake, waker)

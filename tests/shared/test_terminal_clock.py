@@ -61,7 +61,7 @@ def test_observe_reanchors_forward_and_extrapolates_from_there(mono):
 
 
 def test_a_backwards_correction_holds_time_still_instead_of_jumping_back(mono):
-    clock = TerminalClock(speed=1.0, start=T)
+    clock = TerminalClock(speed=1.0, start=T, max_hold_s=10.0)
     mono.advance(10.0)
     assert clock.now() == T + timedelta(seconds=10)
     correction = clock.observe(T + timedelta(seconds=4))  # the terminal says we ran 6 s ahead
@@ -71,6 +71,30 @@ def test_a_backwards_correction_holds_time_still_instead_of_jumping_back(mono):
     assert clock.now() == T + timedelta(seconds=10)  # the anchor (:04 + 5 s = :09) has not caught up yet
     mono.advance(3.0)
     assert clock.now() == T + timedelta(seconds=12)  # from the new anchor, at speed 1
+
+
+def test_a_reading_far_behind_is_stale_and_ignored(mono):
+    """A terminal's newest tick time stops over a weekend: the clock keeps running instead of holding for days."""
+    clock = TerminalClock(speed=1.0, start=T, max_hold_s=5.0)
+    mono.advance(3600.0)
+    friday_close = T + timedelta(seconds=60)
+    assert clock.observe(friday_close) == -timedelta(seconds=3540)
+    assert clock.ignored == 1 and clock.observed_at == friday_close
+    mono.advance(2.0)
+    assert clock.now() == T + timedelta(seconds=3602)  # still running from its own anchor
+    assert clock.observe(T + timedelta(seconds=3600)) == -timedelta(seconds=2)  # within the hold: taken
+    assert clock.ignored == 1 and clock.now() == T + timedelta(seconds=3602)
+
+
+def test_the_first_observation_of_a_clock_without_start_anchors_even_backwards(mono):
+    """Without `start` the clock guesses the system time; a simulator's terminal may live in another year."""
+    clock = TerminalClock(speed=60.0)
+    assert clock.observe(T) < -timedelta(days=1)
+    assert clock.now() == T and clock.ignored == 0
+    mono.advance(1.0)
+    assert clock.now() == T + timedelta(minutes=1)
+    clock.observe(T - timedelta(days=1))  # after the first, the rule holds: never backwards
+    assert clock.now() == T + timedelta(minutes=1) and clock.ignored == 1
 
 
 def test_never_goes_backwards_whatever_it_observes(mono):
