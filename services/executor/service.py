@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,13 +25,16 @@ from services.executor.brokers.base import (
     CloseReason,
     OrderRequest,
     PlaceResult,
+    TerminalBroker,
 )
+from services.executor.leadership import Leadership, SoleLeader
 from services.executor.rules import PositionRules
 from shared.bars import Bars
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError, Unroutable
 from shared.db.engine import transaction
-from shared.db.models import AccountSnapshotRow, Order, Position
+from shared.db.models import AccountSnapshotRow, BrokerAccount, Order, Position
+from shared.db.patience import NO_PATIENCE, Patience
 from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
@@ -72,12 +76,24 @@ def close_reason_for(reason: str) -> CloseReason:
     return "kill_switch" if "kill" in word else "manual"
 
 
+class AccountSource(Protocol):
+    """Where an executor learns of the accounts to serve while it runs (an account created or activated later)."""
+
+    async def active_accounts(self) -> list[BrokerAccount]: ...
+
+    async def broker_for(self, account: BrokerAccount) -> Broker: ...
+
+
 class ExecutorService:
     """One executor instance: the only holder of its accounts' broker sessions.
 
     Every handler, the monitor cycle and the start-up reconciliation run one at a time (one lock): the broker
     session is single-threaded anyway, and it makes "is this order already in flight?" a question with one answer.
     Events are published only after the transaction that recorded them has committed.
+
+    Collaborators: `leadership` says whether this process leads its accounts (restores the paper book, settles orders
+    left in `sending`, runs the monitor) or is a standby; `patience` how a handler meets an unreachable database;
+    `accounts` (optional) the source of accounts created or activated while it runs, looked at every scan interval.
     """
 
     def __init__(
@@ -87,41 +103,44 @@ class ExecutorService:
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
         settings: Settings,
-        broker: Broker | Mapping[int, Broker],
-        account_ids: list[int],
+        broker: Broker | Mapping[int, Broker] | None = None,
+        account_ids: list[int] | None = None,
         instance: str = "ex-1",
         rules: PositionRules | None = None,
+        leadership: Leadership | None = None,
+        patience: Patience | None = None,
+        accounts: AccountSource | None = None,
+        on_terminal_time: Callable[[datetime], None] | None = None,
     ) -> None:
         self._bus = bus
         self._sessions = sessions
         self._clock = clock
         self._settings = settings
         self._instance = instance
-        self._account_ids = list(dict.fromkeys(account_ids))
-        # One broker session per trading account; a single broker given for several accounts serves them all.
-        brokers = dict(broker) if isinstance(broker, Mapping) else {a: broker for a in self._account_ids}
-        missing = [a for a in self._account_ids if a not in brokers]
-        if missing:
-            raise ValueError(f"no broker for accounts {missing}")
-        self._brokers: dict[int, Broker] = {a: brokers[a] for a in self._account_ids}
-        groups: dict[int, tuple[Broker, list[int]]] = {}
-        for account_id, b in self._brokers.items():
-            groups.setdefault(id(b), (b, []))[1].append(account_id)
-        self._broker_groups: list[tuple[Broker, tuple[int, ...]]] = [(b, tuple(ids)) for b, ids in groups.values()]
+        self._leadership: Leadership = leadership or SoleLeader()
+        self._patience: Patience = patience or NO_PATIENCE
+        self._account_source = accounts
+        self._on_terminal_time = on_terminal_time
+        self._account_ids: list[int] = []
+        self._brokers: dict[int, Broker] = {}
+        self._live: dict[int, TerminalBroker] = {}  # accounts whose broker has a terminal session (MT5)
+        self._broker_groups: list[tuple[Broker, tuple[int, ...]]] = []
         # The accounts that share each account's broker session (a ticket is unique within a session).
-        self._session_accounts: dict[int, tuple[int, ...]] = {a: ids for _, ids in self._broker_groups for a in ids}
+        self._session_accounts: dict[int, tuple[int, ...]] = {}
         # Simulated brokers (the paper broker) are fed the bars queue and rebuilt from the tables on start.
-        self._paper: list[tuple[BarFedBroker, tuple[int, ...]]] = [
-            (b, ids) for b, ids in self._broker_groups if isinstance(b, BarFedBroker)
-        ]
+        self._paper: list[tuple[BarFedBroker, tuple[int, ...]]] = []
+        self._add_brokers(self._brokers_of(broker, list(dict.fromkeys(account_ids or []))))
         self._lock = asyncio.Lock()
         self._pending_closes: list[tuple[tuple[int, ...], ClosedPosition]] = []
         self._outbox: list[tuple[str, Message]] = []
         # Whether a closed position may still lack its published `closed` event (true at start: a crash may have left one).
         self._closes_to_publish = True
         self._consumers: list[Consumer] = []
-        self._monitor_task: asyncio.Task | None = None
+        self._bars_consumer: Consumer | None = None
+        self._tasks: list[asyncio.Task] = []
         self._started = False
+        self._leading = False
+        self._led: set[int] = set()  # accounts whose paper book was restored and orders settled since this process leads
         self._log = log.bind(instance=instance)
         rules = rules or PositionRules()
         self._trail_rule = rules.trail()
@@ -130,41 +149,129 @@ class ExecutorService:
         self._stored_snapshots: dict[int, tuple[tuple[float, ...], float]] = {}
         self._stopping = False
 
+    @staticmethod
+    def _brokers_of(broker: Broker | Mapping[int, Broker] | None, account_ids: list[int]) -> dict[int, Broker]:
+        """One broker session per trading account; a single broker given for several accounts serves them all."""
+        if broker is None:
+            if account_ids:
+                raise ValueError(f"no broker for accounts {account_ids}")
+            return {}
+        brokers = dict(broker) if isinstance(broker, Mapping) else {a: broker for a in account_ids}
+        missing = [a for a in account_ids if a not in brokers]
+        if missing:
+            raise ValueError(f"no broker for accounts {missing}")
+        return {a: brokers[a] for a in (account_ids or list(brokers))}
+
+    def _add_brokers(self, brokers: Mapping[int, Broker]) -> None:
+        """Serve these accounts too: the one place that tells a broker's capabilities from the protocols it states."""
+        for account_id, b in brokers.items():
+            if account_id not in self._brokers:
+                self._account_ids.append(account_id)
+            self._brokers[account_id] = b
+            if isinstance(b, TerminalBroker):
+                self._live[account_id] = b
+        groups: dict[int, tuple[Broker, list[int]]] = {}
+        for account_id, b in self._brokers.items():
+            groups.setdefault(id(b), (b, []))[1].append(account_id)
+        self._broker_groups = [(b, tuple(ids)) for b, ids in groups.values()]
+        self._session_accounts = {a: ids for _, ids in self._broker_groups for a in ids}
+        self._paper = [(b, ids) for b, ids in self._broker_groups if isinstance(b, BarFedBroker)]
+
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the paper broker, settle orders left in `sending`, then consume and start the monitor."""
+        """Open the sessions, lead if no other process does (rebuild the paper book, settle orders left in `sending`),
+        then consume, start the monitor and look for new accounts."""
         if self._started:
             return
         self._started = True
         self._stopping = False
-        for b, _ in self._broker_groups:
-            opener = getattr(b, "start", None)
-            if callable(opener):
-                await opener()  # MT5: opens the session; a live account without allow_live refuses to start here
-        await self._restore_paper_brokers()
-        await self.reconcile_unsettled()
+        if self._account_source is not None:
+            await self._discover_accounts(start_consuming=False)
+        for live in self._unique(self._live.values()):
+            await live.start()  # MT5: opens the session; a live account without allow_live refuses to start here
         async with self._lock:
+            await self._ensure_leading()
             await self._publish_closed_events()  # closes committed by a process that died before publishing them
             for account_id in self._account_ids:
                 try:
                     await self._sync_broker(account_id=account_id)
                 except Exception as exc:  # noqa: BLE001  the monitor tries again
                     self._log.warning("start-up reconciliation with the broker failed", account_id=account_id, error=repr(exc))
+        await self._consume(self._account_ids)
+        self._tasks.append(asyncio.create_task(self._monitor_loop(), name=f"executor-monitor:{self._instance}"))
+        if self._account_source is not None:
+            self._tasks.append(asyncio.create_task(self._discovery_loop(), name=f"executor-accounts:{self._instance}"))
+        self._log.info("executor started", accounts=self._account_ids, paper=bool(self._paper), leading=self._leading)
+
+    @staticmethod
+    def _unique(items):
+        return list({id(item): item for item in items}.values())
+
+    async def _consume(self, account_ids: list[int]) -> None:
         prefetch = self._settings.prefetch
-        for account_id in self._account_ids:
+        for account_id in account_ids:
             self._consumers.append(await self._bus.consume(topology.executor_orders_queue(account_id), self.handle_intent, prefetch=prefetch))
             self._consumers.append(
                 await self._bus.consume(topology.executor_commands_queue(account_id), self.handle_command, prefetch=prefetch)
             )
-        for account_id in self._account_ids:
-            if callable(getattr(self._brokers[account_id], "rates", None)):
+            if account_id in self._live:
                 # The rates RPC: market data's feed `mt5` asks the holder of the terminal session for bars.
                 self._consumers.append(await self._bus.consume(executor_rates_queue(account_id), self.handle_rates, prefetch=prefetch))
-        if self._paper:
-            self._consumers.append(await self._bus.consume(topology.executor_bars_queue(self._instance), self.handle_bars, prefetch=prefetch))
-        self._monitor_task = asyncio.create_task(self._monitor_loop(), name=f"executor-monitor:{self._instance}")
-        self._log.info("executor started", accounts=self._account_ids, paper=bool(self._paper))
+        if self._paper and self._bars_consumer is None:
+            self._bars_consumer = await self._bus.consume(topology.executor_bars_queue(self._instance), self.handle_bars, prefetch=prefetch)
+            self._consumers.append(self._bars_consumer)
+
+    async def _discover_accounts(self, *, start_consuming: bool = True) -> list[int]:
+        """Serve the accounts created or activated since the last look (at most one scan interval late)."""
+        assert self._account_source is not None
+        fresh = [a for a in await self._account_source.active_accounts() if a.id not in self._brokers]
+        if not fresh:
+            return []
+        added = {a.id: await self._account_source.broker_for(a) for a in fresh}
+        self._add_brokers(added)
+        if start_consuming:
+            for live in self._unique(self._live[a] for a in added if a in self._live):
+                await live.start()
+            async with self._lock:
+                await self._ensure_leading()
+            await self._consume(list(added))
+            self._log.info("executor serves new accounts", accounts=list(added))
+        return list(added)
+
+    async def _discovery_loop(self) -> None:
+        interval = timedelta(seconds=self._settings.scan_interval_s)
+        while True:
+            await self._clock.sleep_until(self._clock.now() + interval)
+            try:
+                await self._patience.run(self._discover_accounts, what="executor.accounts")
+            except Exception as exc:  # noqa: BLE001  looked for again next interval
+                self._log.warning("looking for new accounts failed", error=repr(exc))
+
+    async def _ensure_leading(self) -> bool:
+        """Whether this process leads all its accounts; on taking the lead of an account, rebuild its paper book and
+        settle its orders left in `sending` (call with the lock held)."""
+        if not await self._leadership.try_acquire(self._account_ids):
+            return False
+        if not self._leading:
+            self._leading = True
+            self._log.info("executor leads its accounts", accounts=self._account_ids)
+        new = [a for a in self._account_ids if a not in self._led]
+        if new:
+            await self._restore_paper_brokers(account_ids=set(new))
+            await self._reconcile_unsettled(account_ids=new)
+            self._led.update(new)
+        return True
+
+    async def _take_over(self) -> None:
+        """A delivery on a single-active-consumer queue means this process is the active one now (call with the lock)."""
+        if self._leading and not [a for a in self._account_ids if a not in self._led]:
+            return
+        for _ in range(20):  # the dead process's connection may take a moment to be seen closed
+            if await self._ensure_leading():
+                return
+            await asyncio.sleep(0.25)
+        self._log.warning("active on the queue without the leader lock: handling anyway")
 
     async def stop(self) -> None:
         """Stop gracefully (SIGTERM): the broker call in flight finishes and its outcome is recorded; no order is left
@@ -174,19 +281,24 @@ class ExecutorService:
         for consumer in self._consumers:
             await consumer.cancel()
         self._consumers.clear()
+        self._bars_consumer = None
         async with self._lock:
-            # A monitor cycle in progress has finished (we hold the lock): the task now only sleeps or waits for it.
-            if self._monitor_task is not None:
-                self._monitor_task.cancel()
+            # A monitor cycle in progress has finished (we hold the lock): the tasks now only sleep or wait for it.
+            for task in self._tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._monitor_task
-                self._monitor_task = None
-            await self._settle_without_sending()
-        for b, _ in self._broker_groups:
-            closer = getattr(b, "aclose", None)
-            if callable(closer):
-                with contextlib.suppress(Exception):
-                    await closer()
+                    await task
+            self._tasks.clear()
+            if self._leading:
+                await self._settle_without_sending()
+        for live in self._unique(self._live.values()):
+            try:
+                await live.aclose()
+            except Exception as exc:  # noqa: BLE001  stopping anyway; the terminal drops a dead session itself
+                self._log.warning("closing a broker session failed", error=repr(exc))
+        await self._leadership.release()
+        self._leading = False
+        self._led.clear()
         self._started = False
         self._log.info("executor stopped")
 
@@ -206,6 +318,10 @@ class ExecutorService:
             except Exception as exc:  # noqa: BLE001  the next start reconciles it
                 self._log.error("order left in sending at stop", client_order_id=order.client_order_id, error=repr(exc))
 
+    @property
+    def leading(self) -> bool:
+        return self._leading
+
     async def readiness(self) -> tuple[bool, dict]:
         """Ready when every broker session answers healthy and the database answers a query."""
         broker_ok = True
@@ -221,12 +337,12 @@ class ExecutorService:
             db_ok = True
         except Exception:  # noqa: BLE001
             db_ok = False
-        sessions = [b.health_details() for b, _ in self._broker_groups if callable(getattr(b, "health_details", None))]
         details = {
             "broker": broker_ok,
-            "broker_sessions": sessions,
+            "broker_sessions": [live.health_details() for live in self._unique(self._live.values())],
             "database": db_ok,
             "accounts": self._account_ids,
+            "leader": self._leading,
             "closes_not_recorded": len(self._pending_closes),
             "events_not_published": len(self._outbox),
         }
@@ -243,40 +359,56 @@ class ExecutorService:
 
     async def handle_intent(self, message: Message, delivery: Delivery) -> None:
         self._check_served(message, OrderIntent, "orders")
-        async with self._lock:
-            await self._process_intent(message)
+
+        async def run() -> None:
+            async with self._lock:
+                await self._take_over()
+                await self._process_intent(message)
+
+        await self._patience.run(run, what="executor.orders")
 
     async def handle_command(self, message: Message, delivery: Delivery) -> None:
         self._check_served(message, ExecutorCommand, "commands")
-        async with self._lock:
-            await self._process_command(message)
+
+        async def run() -> None:
+            async with self._lock:
+                await self._take_over()
+                await self._process_command(message)
+
+        await self._patience.run(run, what="executor.commands")
 
     async def handle_rates(self, message: Message, delivery: Delivery) -> None:
         """Answer a rates request with the broker's closed M1 bars in UTC (no lock: it reads, it never trades)."""
         if not isinstance(message, RatesRequest):
             raise InvalidMessage(f"executor rates queue got a {type(message).__name__}, not a RatesRequest")
-        broker = self._brokers.get(message.account_id)
-        bars, error = None, ""
-        if broker is None:
-            error = f"account {message.account_id} is not served by executor {self._instance}"
+        live = self._live.get(message.account_id)
+        bars, error, server_time = None, "", None
+        if live is None:
+            error = f"account {message.account_id} has no terminal session in executor {self._instance}"
         elif message.timeframe != "1m":
             error = f"only 1m bars are served, not {message.timeframe}"
         else:
             try:
-                bars = BarColumns.from_bars(await broker.rates(message.symbol, message.count))  # type: ignore[attr-defined]
+                bars = BarColumns.from_bars(await live.rates(message.symbol, message.count))
+                server_time = await live.terminal_time(message.symbol)
             except Exception as exc:  # noqa: BLE001  the asker gets the reason instead of a time-out
                 error = f"rates of {message.symbol} failed: {exc}"
+        if server_time is not None and self._on_terminal_time is not None:
+            self._on_terminal_time(server_time)
         reply = RatesReply(correlation_id=message.correlation_id, account_id=message.account_id, symbol=message.symbol,
-                           timeframe=message.timeframe, bars=bars, error=error)
+                           timeframe=message.timeframe, bars=bars, error=error, server_time=server_time)
         try:
             await self._bus.publish(reply, exchange=RATES, routing_key=message.reply_to)
         except Unroutable:
             self._log.info("rates reply dropped: the asker is gone", reply_to=message.reply_to)
 
     async def handle_bars(self, message: Message, delivery: Delivery) -> None:
-        """Feed a closed-bar window to the paper broker and record the positions its stops and targets closed."""
         if not isinstance(message, BarWindow):
             raise InvalidMessage(f"executor bars queue got a {type(message).__name__}, not a BarWindow")
+        await self._patience.run(lambda: self._on_bars(message), what="executor.bars")
+
+    async def _on_bars(self, message: BarWindow) -> None:
+        """Feed a closed-bar window to the paper broker and record the positions its stops and targets closed."""
         if message.timeframe != "1m" or not self._paper:
             return
         bars = message.bars.to_bars()
@@ -294,8 +426,11 @@ class ExecutorService:
     # --- the monitor -------------------------------------------------------------------------------------------
 
     async def monitor_once(self) -> None:
-        """One monitor cycle: record closes still pending, settle stuck orders, manage positions, snapshot accounts."""
+        """One monitor cycle: record closes still pending, settle stuck orders, manage positions, snapshot accounts.
+        A standby (not leading) only asks for the lead."""
         async with self._lock:
+            if not await self._ensure_leading():
+                return
             try:
                 await self._flush_closes()
                 await self._reconcile_unsettled(touched_before=self._clock.now() - STUCK_AFTER)
@@ -353,16 +488,15 @@ class ExecutorService:
 
     async def _market(self, *, account_id: int, symbol: str) -> tuple[float, float, SymbolSpec, float | None] | None:
         """(bid, ask, spec, ATR or None) for the trailing stop: the broker's quote (MT5), or the latest closed bar (paper)."""
-        broker = self._brokers[account_id]
+        live = self._live.get(account_id)
         want_atr = self._trail_rule.mode == "atr"
         period = self._trail_rule.atr_period
-        quote = getattr(broker, "quote", None)
-        if callable(quote):
-            prices = await quote(symbol)
+        if live is not None:
+            prices = await live.quote(symbol)
             if prices is None:
                 return None
-            spec = await broker.spec(symbol)  # type: ignore[attr-defined]
-            bars = await broker.rates(symbol, period * 4 + 1) if want_atr else None  # type: ignore[attr-defined]
+            spec = await live.spec(symbol)
+            bars = await live.rates(symbol, period * 4 + 1) if want_atr else None
             bid, ask = prices
         else:
             bars = self._windows.get(canonical_symbol(symbol))
@@ -379,10 +513,9 @@ class ExecutorService:
     async def _sync_broker(self, *, account_id: int) -> None:
         """Match the table with a broker that trades on its own (MT5): record the closes it made (stops, targets, a person)
         and report positions opened outside the engine, as `external`, without ever touching them."""
-        broker = self._brokers[account_id]
-        find_close = getattr(broker, "find_close", None)
-        if not callable(find_close):
-            return  # the paper broker reports its closes itself (on_bars) and knows no other trader
+        broker = self._live.get(account_id)
+        if broker is None or not self._leading:
+            return  # the paper broker reports its closes itself (on_bars) and knows no other trader; a standby waits
         live = {p.ticket: p for p in await broker.positions()}
         accounts = self._session_accounts[account_id]
         async with self._sessions() as session:
@@ -393,7 +526,7 @@ class ExecutorService:
         for row in rows:
             if row.ticket in live:
                 continue
-            closed = await find_close(row.ticket, "manual")
+            closed = await broker.find_close(row.ticket, "manual")
             if closed is None:
                 gone.append(row)
             else:
@@ -503,13 +636,17 @@ class ExecutorService:
         )
 
     async def reconcile_unsettled(self) -> None:
-        """Settle every order left in `sending` (start-up, or an intent whose deliveries ran out): ask the broker first."""
+        """Settle every order left in `sending` (start-up, or an intent whose deliveries ran out): ask the broker first.
+        A standby asks for the lead instead (and settles them once it has it)."""
         async with self._lock:
-            await self._reconcile_unsettled()
+            if self._leading:
+                await self._reconcile_unsettled()
+            else:
+                await self._ensure_leading()
 
-    async def _reconcile_unsettled(self, *, touched_before: datetime | None = None) -> None:
+    async def _reconcile_unsettled(self, *, touched_before: datetime | None = None, account_ids: list[int] | None = None) -> None:
         async with self._sessions() as session:
-            orders = await store.unsettled_orders(session=session, account_ids=self._account_ids, touched_before=touched_before)
+            orders = await store.unsettled_orders(session=session, account_ids=account_ids or self._account_ids, touched_before=touched_before)
         for order in orders:
             try:
                 await self._settle(order, deviation=DEFAULT_DEVIATION, produced_at=None, ask_broker_first=True)
@@ -552,7 +689,7 @@ class ExecutorService:
         if produced_at is not None:
             # Decision stamps produced_at with the injected clock: an accelerated clock's seconds are divided by its
             # speed, so the histogram is in real seconds in a replay too.
-            elapsed = (now - produced_at).total_seconds() / getattr(self._clock, "speed", 1.0)
+            elapsed = (now - produced_at).total_seconds() / self._clock.speed
             signal_to_order_seconds.observe(max(0.0, elapsed))
         try:
             result = await broker.place(request)
@@ -859,17 +996,17 @@ class ExecutorService:
 
     # --- start-up ----------------------------------------------------------------------------------------------
 
-    async def _restore_paper_brokers(self) -> None:
-        """After a restart or a take-over, give an empty paper broker the open positions, the balance and the ticket
-        count the tables remember (tickets go on past every one ever issued, so none is reused)."""
-        for paper, account_ids in self._paper:
-            if await paper.positions():
+    async def _restore_paper_brokers(self, *, account_ids: set[int]) -> None:
+        """After a restart or a take-over, give an empty paper broker of these accounts the open positions, the balance
+        and the ticket count the tables remember (tickets go on past every one ever issued, so none is reused)."""
+        for paper, group in self._paper:
+            if not account_ids.intersection(group) or await paper.positions():
                 continue  # this process's own book: it is the truth, and its ticket count is its own
             async with self._sessions() as session:
-                rows = await store.open_positions(session=session, account_ids=account_ids)
+                rows = await store.open_positions(session=session, account_ids=group)
                 magics = await store.magic_by_client_order_id(session=session, client_order_ids=[r.client_order_id for r in rows])
-                realised = await store.realised_pnl(session=session, account_ids=account_ids)
-                issued = await store.highest_ticket(session=session, account_ids=account_ids)
+                realised = await store.realised_pnl(session=session, account_ids=group)
+                issued = await store.highest_ticket(session=session, account_ids=group)
             paper.restore(
                 [
                     BrokerPosition(
@@ -890,7 +1027,7 @@ class ExecutorService:
                 issued_through=issued,
             )
             if rows or realised or issued:
-                self._log.info("paper broker restored", accounts=account_ids, positions=len(rows), realised_pnl=realised,
+                self._log.info("paper broker restored", accounts=list(group), positions=len(rows), realised_pnl=realised,
                                tickets_issued_through=issued)
 
     # --- reads for the internal routes -------------------------------------------------------------------------

@@ -166,6 +166,7 @@ async def test_an_order_left_in_sending_that_the_broker_never_saw_is_sent_once(s
 
 async def test_the_monitor_leaves_a_young_sending_order_alone_and_settles_a_stuck_one(rig):
     await rig.priced()
+    await rig.service.monitor_once()  # takes the lead (and settles what it finds then: nothing yet)
     message = intent(1, expires_at=NOW + timedelta(minutes=5))
     async with transaction(rig.sessions) as s:
         s.add(Order(decision_id=1, client_order_id=message.client_order_id, signal_id=str(message.signal_id), bot_id=7,
@@ -437,13 +438,16 @@ async def test_tickets_go_on_past_every_ticket_ever_issued_after_restarts_with_n
 async def test_a_broker_ticket_the_tables_hold_closed_is_a_counted_conflict_never_a_silent_skip(rig, caplog):
     from shared.metrics import executor_state_conflicts_total
 
+    await rig.service.monitor_once()  # takes the lead and restores the paper book from empty tables: ticket 1 next
+    # A row the broker does not know of holds ticket 1 already (a broker that reuses tickets, or tables restored
+    # from another account's backup): the next fill names it.
     async with transaction(rig.sessions) as s:
         s.add(Position(ticket=1, account_id=ACCOUNT, bot_id=7, client_order_id="sc7-0-old", symbol="XAUUSD", side="buy",
                        volume=0.1, open_price=1990.0, opened_at=NOW - timedelta(hours=1), status="closed", pnl=1.0,
                        close_event_sent=True))
     before = executor_state_conflicts_total.labels(kind="ticket_reused")._value.get()
     await rig.priced()
-    await rig.service.handle_intent(intent(1), None)  # this paper broker was never restored: it issues ticket 1 again
+    await rig.service.handle_intent(intent(1), None)
     [order] = await rig.orders()
     assert (order.status, order.ticket) == ("filled", 1)
     assert executor_state_conflicts_total.labels(kind="ticket_reused")._value.get() == before + 1

@@ -16,6 +16,8 @@ from tests.mt5sim.simdata import SYMBOL, flat, make_sim
 class SimClock:
     """The simulator's clock as the executor's clock (tests only read it)."""
 
+    speed = 1.0
+
     def __init__(self, sim) -> None:
         self.sim = sim
 

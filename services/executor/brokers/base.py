@@ -12,7 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from shared.bars import Bars
 from shared.bus.base import TransientError
-from shared.symbols import Side
+from shared.symbols import Side, SymbolSpec
 
 PlaceStatus = Literal["filled", "rejected", "failed"]
 CloseReason = Literal["tp", "sl", "trail", "early_exit", "kill_switch", "manual"]
@@ -149,6 +149,33 @@ class Broker(Protocol):
     async def account(self) -> AccountInfo: ...
 
     async def healthy(self) -> bool: ...
+
+
+@runtime_checkable
+class TerminalBroker(Broker, Protocol):
+    """A broker behind a terminal session of its own (MT5): opened at start and closed at stop; it trades on its own
+    (stops, targets, a person at the terminal), so the executor syncs with it; it quotes, serves closed bars (the rates
+    RPC), knows its symbols' specs and tells its own time."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def health_details(self) -> dict: ...
+
+    async def find_close(self, ticket: int, reason: CloseReason = "manual") -> ClosedPosition | None:
+        """How a position the broker no longer has was closed (deal history), or None when it cannot tell."""
+
+    async def quote(self, symbol: str) -> tuple[float, float] | None:
+        """(bid, ask) now, or None without prices."""
+
+    async def spec(self, symbol: str) -> SymbolSpec: ...
+
+    async def rates(self, symbol: str, count: int) -> Bars:
+        """The last `count` closed M1 bars, oldest first, times in UTC."""
+
+    async def terminal_time(self, symbol: str) -> datetime | None:
+        """The terminal's time now, in UTC (its latest tick of `symbol`), or None without a tick."""
 
 
 @runtime_checkable

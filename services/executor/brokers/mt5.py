@@ -723,6 +723,17 @@ class MT5Broker:
 
         return await self._run(read, retry_reads=True)
 
+    async def terminal_time(self, symbol: str) -> datetime | None:
+        """The terminal's time in UTC: the time of its latest tick of `symbol` (the module has no clock call; on a live
+        market the last tick is at most seconds old)."""
+
+        def read():
+            sym = self._resolve(symbol)
+            tick = self._call("symbol_info_tick", sym.name)
+            return None if tick is None or not int(tick.time) else self._utc(int(tick.time))
+
+        return await self._run(read, retry_reads=True)
+
     async def rates(self, symbol: str, count: int) -> Bars:
         """The last `count` CLOSED M1 bars (start_pos=1: position 0 is the forming bar), times converted to UTC."""
 
