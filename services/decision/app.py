@@ -1,7 +1,8 @@
 """The decision service's public API under /api/v1: keys, accounts, bots, the kill switch, trading records, audit, stats.
 
-Routes parse, call the functions beside them and answer; a change commits before the plan is republished or a
-command is sent. Another user's id answers 404, exactly like an id that does not exist.
+Routes parse, call the functions beside them and answer; a change commits before the plan is republished, and an
+executor command is written to the outbox in the change's transaction, then handed to the relay: a publish that fails
+is the relay's to retry, never the route's 500. Another user's id answers 404, exactly like an id that does not exist.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
-from services.decision import accounts, bots, killswitch, queries, users
+from services.decision import accounts, bots, killswitch, outgoing, queries, users
 from services.decision.deps import CurrentUser, Session
 from services.decision.schemas import (
     AccountCreate,
@@ -28,6 +29,7 @@ from services.decision.schemas import (
     KeyIssued,
     KeyPublic,
     KillAll,
+    KillFailure,
     OrderPublic,
     Page,
     PositionPublic,
@@ -262,11 +264,14 @@ def create_router(service) -> APIRouter:
         bot = await _bot(session, user, bot_id)
         was_killed = bot.status == "killed"
         if bots.set_status(session=session, bot=bot, status="active", reason="", actor=_actor(user)):
+            rows = []
             if was_killed:
                 bot.kill_switch_reset_at = service.clock.now()
+                # lift the executor's block on the bot's orders
+                resume = ExecutorCommand(command="resume_bot", account_id=bot.account_id, bot_id=bot.id, reason="resume")
+                rows = await outgoing.enqueue_commands(session=session, commands=[resume])
             await session.commit()
-            if was_killed:  # lift the executor's block on the bot's orders
-                await service.publish_commands([ExecutorCommand(command="resume_bot", account_id=bot.account_id, bot_id=bot.id, reason="resume")])
+            await service.send_committed(rows)
             await service.refresh_plan_quietly()
         return _bot_public(bot)
 
@@ -277,24 +282,29 @@ def create_router(service) -> APIRouter:
             session=session, bot=bot, status="killed", reason=f"killed by {_actor(user)}", actor=_actor(user),
             now=service.clock.now(), command_reason="kill",
         )
+        # sent even when it was killed already: flattening twice is harmless
+        rows = await outgoing.enqueue_commands(session=session, commands=[command])
         await session.commit()
-        await service.publish_commands([command])  # sent even when it was killed already: flattening twice is harmless
+        await service.send_committed(rows)
         await service.refresh_plan_quietly()
         return _bot_public(bot)
 
     @router.post("/kill", response_model=KillAll, tags=["bots"])
     async def kill_all(user: CurrentUser, session: Session) -> Any:
-        """Flatten and stop every bot of yours at once."""
+        """Flatten and stop every bot of yours at once; a bot that cannot be killed is listed in `failed`, and the
+        others are killed all the same."""
         rows = list((await session.execute(select(Bot).where(Bot.user_id == user.id, Bot.deleted_at.is_(None)).order_by(Bot.id))).scalars())
-        now = service.clock.now()
-        commands = [
-            killswitch.stop_bot(session=session, bot=bot, status="killed", reason=f"all bots killed by {_actor(user)}", actor=_actor(user), now=now, command_reason="kill")
-            for bot in rows
-        ]
+        outcome = await killswitch.kill_bots(
+            session=session, bots=rows, reason=f"all bots killed by {_actor(user)}", actor=_actor(user), now=service.clock.now()
+        )
         await session.commit()
-        await service.publish_commands(commands)
+        await service.send_committed(outcome.outbox)
         await service.refresh_plan_quietly()
-        return KillAll(killed=[b.id for b in rows], commands=len(commands))
+        return KillAll(
+            killed=outcome.killed,
+            failed=[KillFailure(bot_id=bot_id, reason=reason) for bot_id, reason in outcome.failed],
+            commands=len(outcome.outbox),
+        )
 
     # --- trading records ----------------------------------------------------------------------------------
 

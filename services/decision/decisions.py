@@ -1,6 +1,7 @@
 """From a Signal to a stored decision and, for `open`, its OrderIntent: the idempotency chain's steps 1 and 2.
 
-Plain functions over one session; the caller holds the account's lock, commits, and publishes after the commit.
+Plain functions over one session; the caller holds the account's lock and commits. An order intent is written to the
+outbox in the same transaction (SignalOutcome.outbox); the caller kicks the relay with it after the commit.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.decision import audit
+from services.decision import audit, outgoing
 from services.decision.risk import AccountRules, BotRules, DecisionResult, Exposure, Leg, decide, margin_required
 from shared.db.models import Bot, BrokerAccount, Decision, SignalRow
+from shared.outbox import Pending
 from shared.bus.base import TransientError
 from shared.messages import InvalidMessage, OrderIntent, Signal
 from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
@@ -54,13 +56,14 @@ class Decided:
 
 @dataclass(frozen=True, slots=True)
 class SignalOutcome:
-    """What handling one Signal did; `intent` is to be published once the transaction has committed."""
+    """What handling one Signal did; `intent` was written to the outbox (`outbox`, to kick once committed)."""
 
     bot_found: bool
     signal_new: bool = False
     decision: Decision | Decided | None = None
     decision_new: bool = False
     intent: OrderIntent | None = None
+    outbox: tuple[Pending, ...] = ()
 
 
 def client_order_id_for(*, bot_id: int, decision_id: int, signal_id: uuid.UUID) -> str:
@@ -292,8 +295,13 @@ async def handle_signal(
     if not signal_new:
         existing = (await session.execute(select(Decision).where(Decision.signal_id == signal_id))).scalar_one_or_none()
         if existing is not None:
-            intent = order_intent_for(existing) if existing.action == "open" and existing.order_status == "sent" else None
-            return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent)
+            if existing.action == "open" and existing.order_status == "sent":
+                # Not answered yet: send the same intent again (same message id; the executor keeps one order per
+                # decision), through the outbox like the first, so a decision whose first send was lost still goes out.
+                intent = order_intent_for(existing)
+                row = await outgoing.enqueue_intent(session=session, intent=intent)
+                return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent, outbox=(row,))
+            return SignalOutcome(bot_found=True, signal_new=False, decision=existing)
 
     exposure = await load_exposure(session=session, bot=bot, account=account, now=now, margin_free=margin_free)
     result = _risk_result(bot=bot, account=account, signal=signal, exposure=exposure)
@@ -348,4 +356,5 @@ async def handle_signal(
         )
     )
     await audit.write(session=session, entries=entries)
-    return SignalOutcome(bot_found=True, signal_new=signal_new, decision=decision, decision_new=True, intent=intent)
+    rows = (await outgoing.enqueue_intent(session=session, intent=intent),) if intent is not None else ()
+    return SignalOutcome(bot_found=True, signal_new=signal_new, decision=decision, decision_new=True, intent=intent, outbox=rows)

@@ -1,23 +1,29 @@
 """The kill switch and the bot status changes that go with it: stop a bot, flatten it, and later let a person resume it.
 
 The P&L rule itself is pure (`daily_loss_tripped`); the rest reads the decisions read model and the account row
-in the caller's transaction and returns the ExecutorCommands to publish once that transaction has committed.
+in the caller's transaction and returns the ExecutorCommands it decided; the caller writes them to the outbox in that
+transaction (services/decision/outgoing.py), and the relay publishes them once it has committed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.decision import audit
+from services.decision import audit, outgoing
 from shared.db.models import Bot, BrokerAccount, Decision
+from shared.logging import get_logger
 from shared.messages import AccountSnapshot, ExecutorCommand
+from shared.outbox import Pending
 from shared.timeutil import broker_day_start
 
 KILL_SWITCH_REASON = "kill_switch"
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +168,31 @@ async def check_kill_switch(
         tripped.append((bot, command))
     await session.flush()
     return tripped
+
+
+@dataclass(slots=True)
+class KillOutcome:
+    """What `kill_bots` did: the bots stopped, those that could not be (with why), and the outbox rows to kick."""
+
+    killed: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    outbox: list[Pending] = field(default_factory=list)
+
+
+async def kill_bots(*, session: AsyncSession, bots: Sequence[Bot], reason: str, actor: str, now: datetime) -> KillOutcome:
+    """Stop each bot and write its close_all to the outbox, each in its own savepoint: a bot that fails is rolled
+    back alone and reported, and the others are still killed (the caller commits once)."""
+    outcome = KillOutcome()
+    for bot in bots:
+        bot_id = bot.id  # read before the savepoint: a rolled-back savepoint expires the bot's attributes
+        try:
+            async with session.begin_nested():
+                command = stop_bot(session=session, bot=bot, status="killed", reason=reason, actor=actor, now=now, command_reason="kill")
+                rows = await outgoing.enqueue_commands(session=session, commands=[command])
+        except Exception as exc:  # noqa: BLE001  one bot's failure must not leave the others running
+            log.error("bot could not be killed", bot_id=bot_id, error=repr(exc))
+            outcome.failed.append((bot_id, f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        outcome.killed.append(bot_id)
+        outcome.outbox += rows
+    return outcome

@@ -220,9 +220,15 @@ class BotPublic(BaseModel):
     updated_at: datetime
 
 
+class KillFailure(BaseModel):
+    bot_id: int
+    reason: str = Field(description="why this bot could not be killed; the others were")
+
+
 class KillAll(BaseModel):
     killed: list[int] = Field(description="ids of the bots stopped")
-    commands: int = Field(description="close_all commands sent to the executor")
+    failed: list[KillFailure] = Field(default_factory=list, description="bots that could not be stopped, and why")
+    commands: int = Field(description="close_all commands queued for the executor (the outbox publishes them)")
 
 
 # --- trading records ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.decision import events, killswitch, plan
+from services.decision import events, killswitch, outgoing, plan
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
 from services.decision.scanline import ScanLine, scan_lines
@@ -23,7 +23,6 @@ from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
     ExecutionReport,
-    ExecutorCommand,
     InvalidMessage,
     Message,
     PositionEvent,
@@ -34,6 +33,7 @@ from shared.messages import (
 )
 from shared.db.models import BrokerAccount
 from shared.metrics import decision_ignored_total, decisions_total, kill_switch_trips_total, signals_ingested_total
+from shared.outbox import OutboxRelay, Pending
 from shared.settings import Settings
 from shared.symbols import canonical_symbol
 from shared.timeutil import Clock
@@ -59,7 +59,8 @@ def _catalog_lookback(settings: Settings):
 
 
 class DecisionService:
-    """Consumes Signals, ScanReports and the executor's events; publishes OrderIntents and the ScanPlan."""
+    """Consumes Signals, ScanReports and the executor's events; publishes the ScanPlan, and OrderIntents and
+    ExecutorCommands through its outbox relay (written in the transaction that decides them, published after it)."""
 
     def __init__(
         self,
@@ -69,8 +70,10 @@ class DecisionService:
         clock: Clock,
         settings: Settings,
         lookback_for: LookbackFor | None = None,
+        outbox: OutboxRelay | None = None,
     ) -> None:
         self._bus = bus
+        self.outbox = outbox or OutboxRelay(bus=bus, sessions=sessions)
         self._sessions = sessions
         self._clock = clock
         self._settings = settings
@@ -93,6 +96,7 @@ class DecisionService:
         if self._lookback_for is None:
             self._lookback_for = _catalog_lookback(self._settings)
         await self._bus.start()
+        await self.outbox.start()  # what a crashed process committed and never published goes out first
         prefetch = self._settings.prefetch
         self._consumers.append(await self._bus.consume(topology.DECISION_SIGNALS, self.on_signals_queue, prefetch=prefetch))
         self._consumers.append(await self._bus.consume(topology.DECISION_EVENTS, self.on_events_queue, prefetch=prefetch))
@@ -107,6 +111,7 @@ class DecisionService:
         for consumer in self._consumers:
             await consumer.cancel()
         self._consumers.clear()
+        await self.outbox.stop()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         details: dict[str, Any] = {}
@@ -118,6 +123,7 @@ class DecisionService:
             details["database"] = False
             details["database_error"] = str(exc)
         details["plan_symbols"] = None if self.last_plan is None else len(self.last_plan.symbols)
+        details["outbox_unpublished"] = self.outbox.unpublished  # waiting for the broker's confirm; retried
         return details["database"], details
 
     def latest_snapshot(self, account_id: int) -> AccountSnapshot | None:
@@ -131,10 +137,11 @@ class DecisionService:
     def clock(self) -> Clock:
         return self._clock
 
-    async def publish_commands(self, commands: Sequence[ExecutorCommand]) -> None:
-        """Send executor commands (close_all of a kill, resume_bot) after the transaction that decided them committed."""
-        for command in commands:
-            await self._bus.publish(command, exchange=topology.EXECUTION_COMMANDS, routing_key=str(command.account_id))
+    async def send_committed(self, rows: Sequence[Pending]) -> None:
+        """Kick the outbox relay with the rows a transaction wrote, once it has committed (never raises: a publish
+        that fails is retried by the relay until the broker confirms)."""
+        if rows:
+            await self.outbox.kick(rows)
 
     # --- scan plan ----------------------------------------------------------------------------------------
 
@@ -212,26 +219,24 @@ class DecisionService:
             signals_ingested_total.labels(strategy=signal.strategy, symbol=canonical_symbol(signal.symbol)).inc()
         decision = outcome.decision
         self._tally(signal, outcome)
-        try:
-            if outcome.intent is not None:
-                # After the commit: a crash before this line leaves the message unacked, and its redelivery re-publishes.
-                # Before the log line and the metrics, which are not on the way to the order.
-                await self._bus.publish(outcome.intent, exchange=topology.EXECUTION_ORDERS, routing_key=str(outcome.intent.account_id))
-        finally:
-            if outcome.decision_new:  # logged even if the publish failed: the decision is committed and stands
-                log.info(
-                    "decision",
-                    decision_id=decision.id,
-                    bot_id=decision.bot_id,
-                    signal_id=key,
-                    strategy=signal.strategy,
-                    decision_action=decision.action,
-                    reason=decision.reason,
-                    client_order_id=decision.client_order_id,
-                )
-                decisions_total.labels(action=decision.action, strategy=signal.strategy).inc()
-                if decision.action == "ignore":
-                    decision_ignored_total.labels(reason=decision.reason).inc()
+        if outcome.outbox:
+            # The intent's outbox row committed with the decision; the relay publishes it now (a crash before it does
+            # leaves the row, published at the next start). Before the log line and the metrics, not on the way.
+            await self.outbox.kick(outcome.outbox)
+        if outcome.decision_new:
+            log.info(
+                "decision",
+                decision_id=decision.id,
+                bot_id=decision.bot_id,
+                signal_id=key,
+                strategy=signal.strategy,
+                decision_action=decision.action,
+                reason=decision.reason,
+                client_order_id=decision.client_order_id,
+            )
+            decisions_total.labels(action=decision.action, strategy=signal.strategy).inc()
+            if decision.action == "ignore":
+                decision_ignored_total.labels(reason=decision.reason).inc()
 
     def _tally(self, signal: Signal, outcome: SignalOutcome) -> None:
         """Note a committed decision for the scan line of its window (the counts `scan_lines` would query)."""
@@ -319,9 +324,10 @@ class DecisionService:
                 return
             await killswitch.roll_day_start(session=session, account=account, snapshot=snapshot)
             pending = await killswitch.still_to_flatten(session=session, account=account)
+            rows = await outgoing.enqueue_commands(session=session, commands=pending)
         if pending:
             log.info("killed bots not flat yet: close_all again", account_id=snapshot.account_id, bots=[c.bot_id for c in pending])
-            await self.publish_commands(pending)
+            await self.send_committed(rows)
         await self.check_kill_switch(snapshot.account_id)
 
     async def check_kill_switch(self, account_id: int, *, bot_ids: list[int] | None = None) -> list[int]:
@@ -333,12 +339,13 @@ class DecisionService:
             tripped = await killswitch.check_kill_switch(
                 session=session, account=account, snapshot=self.snapshots.get(account_id), now=self._clock.now(), bot_ids=bot_ids
             )
+            rows = await outgoing.enqueue_commands(session=session, commands=[command for _, command in tripped])
         if not tripped:
             return []
         for bot, _ in tripped:
             kill_switch_trips_total.inc()
             log.warning("kill switch tripped", bot_id=bot.id, account_id=account_id, reason=bot.status_reason)
-        await self.publish_commands([command for _, command in tripped])
+        await self.send_committed(rows)
         await self.refresh_plan_quietly()
         return [bot.id for bot, _ in tripped]
 

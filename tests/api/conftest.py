@@ -65,6 +65,7 @@ async def api(api_db) -> Api:
     mount(app, service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         yield Api(client=client, service=service, bus=bus, clock=clock, sessions=sessions, app=app)
+    await service.stop()  # the outbox relay's retry task, if a publish failed
 
 
 @pytest.fixture

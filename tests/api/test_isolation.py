@@ -66,7 +66,7 @@ async def test_another_users_lists_are_empty_of_alices_rows(api, alice, bob, ali
     stats = (await api.client.get("/api/v1/stats", headers=bob.headers)).json()
     assert stats["total"]["trades"] == 0
     kill = (await api.client.post("/api/v1/kill", headers=bob.headers)).json()
-    assert kill == {"killed": [], "commands": 0}
+    assert kill == {"killed": [], "failed": [], "commands": 0}
     assert (await api.client.get(f"/api/v1/bots/{alices_world['bot']}", headers=alice.headers)).json()["status"] == "active"
 
 

@@ -106,7 +106,7 @@ async def test_kill_one_bot_and_kill_all(api, alice):
     assert killed["status"] == "killed" and commands(api)[-1][1].bot_id == gold["id"]
     assert (await api.client.post(f"/api/v1/bots/{gold['id']}/pause", headers=alice.headers)).json()["status"] == "killed"
     answer = (await api.client.post("/api/v1/kill", headers=alice.headers)).json()
-    assert answer == {"killed": [gold["id"], euro["id"]], "commands": 2}
+    assert answer == {"killed": [gold["id"], euro["id"]], "failed": [], "commands": 2}
     assert {(c.command, c.bot_id) for _, c in commands(api)[-2:]} == {("close_all", gold["id"]), ("close_all", euro["id"])}
     listed = (await api.client.get("/api/v1/bots", headers=alice.headers)).json()["data"]
     assert {b["status"] for b in listed} == {"killed"}

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from shared.bus.base import Delivery
+from shared.bus.base import Delivery, Outgoing
 from shared.db.engine import transaction
 from shared.db.models import Bot, BrokerAccount, User
 from shared.messages import Message, Signal, signal_id_for
 from shared.settings import Settings
-from tests.helpers import RecordingBus, RecordingConsumer, eventually  # noqa: F401  (re-exported to the decision tests)
+from tests.helpers import RecordingBus as _RecordingBus
+from tests.helpers import RecordingConsumer, eventually  # noqa: F401  (re-exported to the decision tests)
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+
+
+class RecordingBus(_RecordingBus):
+    """tests.helpers.RecordingBus with the Bus protocol's publish_many (the outbox relay sends a destination's rows
+    in one batch): each message in order, every one tried, the first failure raised after the batch (shared/bus/base.py)."""
+
+    async def publish_many(self, batch: Sequence[Outgoing]) -> None:
+        failures = []
+        for out in batch:
+            try:
+                await self.publish(out.message, exchange=out.exchange, routing_key=out.routing_key, headers=out.headers)
+            except Exception as exc:  # noqa: BLE001  raised below, once the rest of the batch has been tried
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def delivery(message: Message, *, count: int = 1) -> Delivery:
