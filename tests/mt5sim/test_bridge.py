@@ -279,6 +279,22 @@ async def test_a_lost_answer_over_the_bridge_is_found_by_comment(monkeypatch, fr
         await broker.aclose()
 
 
+async def test_another_clients_shutdown_ends_the_session_for_all_and_the_broker_reopens_it(monkeypatch, frozen: Sim) -> None:
+    """One bridge process holds one MetaTrader5 module: a shutdown() from any client (say a market-data feed on the
+    same bridge) ends the session for every client. The broker sees the IPC error and opens it again."""
+    broker = bridge_broker(monkeypatch, frozen.port, reconnect_max_wait_s=0.1)
+    other = mt5linux.MetaTrader5(host="127.0.0.1", port=frozen.port)
+    try:
+        await broker.start()
+        opened = broker.health.reconnects
+        other.shutdown()
+        assert other.account_info() is None and other.last_error()[0] == -10004
+        assert (await broker.account()).balance > 0
+        assert broker.health.reconnects == opened + 1
+    finally:
+        await broker.aclose()
+
+
 async def test_a_dead_bridge_is_broker_unavailable(monkeypatch, gold_file: Path, tmp_path: Path) -> None:
     sim = start_sim(tmp_path / "sim.log", *sim_args(gold_file, "--start", START.isoformat(), "--speed", "0"))
     broker = bridge_broker(monkeypatch, sim.port, reconnect_attempts=2, reconnect_max_wait_s=0.1)
@@ -306,17 +322,24 @@ def test_speed_runs_the_terminal_clock_that_many_times_faster(gold_file: Path, t
         assert mt5.initialize(), mt5.last_error()
         assert mt5.symbol_select(SYMBOL, True)
         mt5.execute("import mt5sim.bridge as sim")
-        wall0, sim0, tick0 = time.monotonic(), mt5.eval("sim.terminal.now"), mt5.symbol_info_tick(SYMBOL).time
-        bar0 = int(mt5.copy_rates_from_pos(SYMBOL, mt5.TIMEFRAME_M1, 0, 1)["time"][0])
-        time.sleep(2.0)  # the interval over which the rate is measured
-        wall1, sim1, tick1 = time.monotonic(), mt5.eval("sim.terminal.now"), mt5.symbol_info_tick(SYMBOL).time
-        bar1 = int(mt5.copy_rates_from_pos(SYMBOL, mt5.TIMEFRAME_M1, 0, 1)["time"][0])
+        offset = 3 * 3600  # us_dst in April: server wall clock = UTC+3
+
+        def look() -> tuple[float, float]:
+            """The clock as a client sees it (tick time, forming bar), bracketed by the terminal's clock before and after."""
+            wall, before = time.monotonic(), mt5.eval("sim.terminal.now")
+            tick = mt5.symbol_info_tick(SYMBOL).time - offset
+            bar = int(mt5.copy_rates_from_pos(SYMBOL, mt5.TIMEFRAME_M1, 0, 1)["time"][0]) - offset
+            after = mt5.eval("sim.terminal.now")
+            assert before - 15 <= tick <= after, (before, tick, after)  # ticks every 15 s (mt5sim.market)
+            assert before - 60 < bar <= after, (before, bar, after)
+            return wall, before
+
+        wall0, sim0 = look()
+        time.sleep(3.0)  # the interval over which the rate is measured
+        wall1, sim1 = look()
         rate = (sim1 - sim0) / (wall1 - wall0)
-        assert 0.85 * speed <= rate <= 1.15 * speed, f"the clock ran x{rate:.0f}, not x{speed:g}"
-        elapsed = sim1 - sim0
-        # What a client sees: tick times (15 s steps) and the forming bar moved with the clock.
-        assert elapsed - 60 <= tick1 - tick0 <= elapsed + 15
-        assert (bar1 - bar0) // 60 >= int(elapsed // 60) - 1
+        assert 0.8 * speed <= rate <= 1.2 * speed, f"the clock ran x{rate:.0f}, not x{speed:g}"
+        assert sim0 >= START.timestamp()
     finally:
         stop(sim.proc)
 
