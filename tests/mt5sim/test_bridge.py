@@ -216,6 +216,15 @@ def test_a_refused_request_answers_none_with_last_error(mt5) -> None:
     assert mt5.last_error()[0] == -2
 
 
+def test_a_numpy_scalar_cannot_cross_the_bridge(mt5) -> None:
+    """mt5linux sends the request as source text: numpy 2's repr `np.float64(0.1)` names nothing on the far side
+    (why the adapter sends plain float/int)."""
+    request = {"action": 1, "symbol": SYMBOL, "volume": np.float64(0.1), "type": 0, "price": 1.0, "deviation": 20,
+               "magic": 1, "comment": "np", "type_time": 0, "type_filling": 0}
+    with pytest.raises(NameError):
+        mt5.order_send(request)
+
+
 def test_the_clock_stands_still_at_speed_zero(mt5) -> None:
     mt5.execute("import mt5sim.bridge as sim")
     first = mt5.eval("sim.terminal.now")
