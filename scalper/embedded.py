@@ -17,12 +17,14 @@ from sqlalchemy import func, select, text
 
 from services.decision.admin import mount_admin
 from services.decision.app import mount as mount_decision_api
-from services.decision.bots import ensure_demo, setup_bot
+from services.decision.accounts import create_account
+from services.decision.bots import DEMO_USER, ensure_demo, setup_bot
 from services.decision.service import DecisionService
 from services.executor.app import create_router as executor_router
-from services.executor.brokers.paper import paper_brokers
+from services.executor.build import build_executor
 from services.executor.service import ExecutorService
 from services.market_data.app import create_router as market_data_router
+from services.market_data.feeds.mt5 import MT5Feed
 from services.market_data.feeds.replay import ReplayFeed
 from services.market_data.feeds.synthetic import SyntheticFeed
 from services.market_data.service import MarketDataService
@@ -30,6 +32,7 @@ from services.strategy.app import create_router as strategy_router
 from services.strategy.service import StrategyWorker
 from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
+from shared.db.patience import DatabasePatience
 from shared.db.models import Bot, BrokerAccount, SignalRow, User
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes
@@ -37,7 +40,7 @@ from shared.logging import get_logger
 from shared.settings import Settings
 from shared.symbols import canonical_symbol
 from shared.telemetry import MetricsSampler, configure_telemetry
-from shared.timeutil import AcceleratedClock, Clock, floor_minute
+from shared.timeutil import AcceleratedClock, Clock, TerminalClock, floor_minute
 
 log = get_logger(__name__)
 
@@ -46,8 +49,10 @@ class FeedError(ValueError):
     """A --feed value that cannot be served."""
 
 
-def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None = None):
-    """`synthetic`, or `replay:PATH` (the symbol from `symbol` or the file name, e.g. XAUUSD_M1.csv -> XAUUSD)."""
+def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None = None, bus: Bus | None = None,
+              clock: Clock | None = None, server_time: str = "utc"):
+    """`synthetic`, `replay:PATH` (the symbol from `symbol` or the file name, e.g. XAUUSD_M1.csv -> XAUUSD), or `mt5`
+    (the executors' terminal sessions over the rates RPC on `bus`: they alone hold the terminal)."""
     if feed == "synthetic":
         return SyntheticFeed()
     if feed.startswith("replay:"):
@@ -59,7 +64,10 @@ def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None 
             raise FeedError(f"cannot tell the symbol from the file name {path.name!r}: pass --symbol")
         return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset)
     if feed == "mt5":
-        raise FeedError("the mt5 feed needs the executor's MT5 session, which the embedded stack does not run yet; use synthetic or replay:PATH")
+        if bus is None or clock is None:
+            raise FeedError("the mt5 feed reads the executors' MT5 sessions over the bus: it needs the bus and the clock")
+        on_terminal_time = clock.observe if isinstance(clock, TerminalClock) else None
+        return MT5Feed(bus=bus, clock=clock, server_time=server_time, on_terminal_time=on_terminal_time)
     raise FeedError(f"unknown feed {feed!r}: use synthetic, replay:PATH or mt5")
 
 
@@ -78,8 +86,12 @@ class EmbeddedStack:
 
     def __init__(self, settings: Settings, *, feed=None, clock: Clock | None = None, bus: Bus | None = None) -> None:
         self.settings = settings
-        self.feed = feed if feed is not None else make_feed(settings.feed)
         self.bus = bus or create_bus(settings.bus_url, delivery_limit=settings.delivery_limit, prefetch=settings.prefetch)
+        if clock is None and settings.feed == "mt5":
+            clock = TerminalClock(speed=settings.clock_speed())  # the terminal's time, as its sessions report it
+        if feed is None:
+            feed = make_feed(settings.feed, bus=self.bus, clock=clock, server_time=settings.mt5_server_time)
+        self.feed = feed
         self.engine = create_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.sessions = session_factory(self.engine)
         self._clock = clock
@@ -98,18 +110,15 @@ class EmbeddedStack:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         async with transaction(self.sessions) as session:
             key = await ensure_demo(session=session)
+            if self.settings.broker == "mt5":
+                await ensure_mt5_demo(session=session, settings=self.settings)
             await self._ensure_bot_for_feed(session)
         if self._clock is None:
             self._clock = AcceleratedClock(await self._clock_start(), speed=self.settings.speed)
         await self.bus.start()
-        brokers = paper_brokers(
-            await self._active_paper_accounts(), clock=self.clock, balance=self.settings.paper_balance,
-            commission_per_lot=self.settings.paper_commission_per_lot,
-        )
-        self.executor = ExecutorService(
-            bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=brokers, account_ids=list(brokers)
-        )
-        self.decision = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings)
+        self.executor = build_executor(settings=self.settings, bus=self.bus, sessions=self.sessions, clock=self.clock)
+        self.decision = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings,
+                                        patience=DatabasePatience())
         self.strategy = StrategyWorker(bus=self.bus, settings=self.settings)
         self.market_data = MarketDataService(bus=self.bus, feed=self.feed, clock=self.clock, settings=self.settings)
         # Downstream first, so nothing is published to a queue before its consumer exists.
@@ -118,7 +127,7 @@ class EmbeddedStack:
             await service.start()
         await self.decision.refresh_plan()
         self.sampler = MetricsSampler(
-            bus=self.bus, queues=self._sampled_queues(brokers), sessions=self.sessions, clock=self.clock,
+            bus=self.bus, queues=self._sampled_queues(await self._active_accounts()), sessions=self.sessions, clock=self.clock,
             broker_healthy=self._broker_healthy,
         )
         self.sampler.start()
@@ -146,6 +155,8 @@ class EmbeddedStack:
         for service in (self.market_data, self.strategy, self.decision, self.executor):
             if service is not None:
                 await service.stop()
+        if isinstance(self.feed, MT5Feed):
+            await self.feed.close()
         await self.bus.close()
         await self.engine.dispose()
 
@@ -167,10 +178,9 @@ class EmbeddedStack:
                 ready = ready and ok
         return ready, details
 
-    async def _active_paper_accounts(self) -> list[BrokerAccount]:
+    async def _active_accounts(self) -> list[int]:
         async with self.sessions() as session:
-            rows = await session.execute(select(BrokerAccount).where(BrokerAccount.is_active, BrokerAccount.broker == "paper"))
-            return list(rows.scalars())
+            return list((await session.execute(select(BrokerAccount.id).where(BrokerAccount.is_active))).scalars())
 
     async def _ensure_bot_for_feed(self, session) -> None:
         """A replay of another symbol gets a demo bot of its own, so `make run --feed replay:EURUSD...` trades too."""
@@ -194,6 +204,28 @@ class EmbeddedStack:
             if getattr(self.feed, "ends_at", None) is None or later < self.feed.ends_at():
                 start = later
         return start
+
+
+async def ensure_mt5_demo(*, session, settings: Settings) -> BrokerAccount | None:
+    """With SCALPER_BROKER=mt5: when no `mt5` account has the login SCALPER_MT5_LOGIN, create it for the demo user (its
+    password a reference to SCALPER_MT5_PASSWORD, never the value) with an auto-trading XAUUSD bot, as for paper."""
+    if settings.mt5_login is None or not settings.mt5_server:
+        raise FeedError("SCALPER_BROKER=mt5 needs SCALPER_MT5_LOGIN and SCALPER_MT5_SERVER (and SCALPER_MT5_PASSWORD)")
+    login = str(settings.mt5_login)
+    found = (await session.execute(select(BrokerAccount).where(BrokerAccount.broker == "mt5", BrokerAccount.login == login))).scalars().first()
+    if found is not None:
+        return None
+    demo = (await session.execute(select(User).where(User.name == DEMO_USER))).scalar_one()
+    account = await create_account(
+        session=session, owner_id=demo.id, actor="startup",
+        values={"broker": "mt5", "login": login, "server": settings.mt5_server, "server_time": settings.mt5_server_time,
+                "symbol_suffix": settings.mt5_suffix, "is_demo": True,
+                "password": "env:SCALPER_MT5_PASSWORD" if settings.mt5_password is not None else None},
+    )
+    await setup_bot(session=session, user_id=demo.id, account_id=account.id, symbol=f"XAUUSD{settings.mt5_suffix}",
+                    auto_trade=True, strategies=None)
+    log.info("mt5 demo account created", account_id=account.id, login=login, server=settings.mt5_server)
+    return account
 
 
 async def _maybe_await(value):

@@ -9,7 +9,6 @@ database (PostgreSQL) and a clock every process agrees on, and mounts that servi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import os
 import socket
@@ -22,19 +21,19 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
+from sqlalchemy import text
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from scalper.embedded import make_feed
 from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
-from shared.db.models import BrokerAccount
+from shared.db.patience import DatabasePatience
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.telemetry import MetricsSampler, configure_telemetry
-from shared.timeutil import Clock, SystemClock, ensure_utc, utcnow
+from shared.timeutil import Clock, TerminalClock, ensure_utc, utcnow
 
 log = get_logger(__name__)
 
@@ -70,13 +69,14 @@ class SharedClock:
 
 
 def make_clock(settings: Settings, *, feed=None) -> Clock:
-    """The real clock for the mt5 feed; else the shared simulated clock of SCALPER_CLOCK_START/ANCHOR/SPEED.
+    """For the mt5 feed the terminal's clock (unless SCALPER_CLOCK_START and ANCHOR pin a simulator's); else the
+    shared simulated clock of SCALPER_CLOCK_START/ANCHOR/SPEED.
 
     Without SCALPER_CLOCK_START the clock starts at the feed's start; without SCALPER_CLOCK_ANCHOR it is anchored at
     this process's start, which only one process can rely on: set both when running several.
     """
-    if settings.feed == "mt5":
-        return SystemClock()
+    if settings.feed == "mt5" and (settings.clock_start is None or settings.clock_anchor is None):
+        return TerminalClock(speed=settings.clock_speed())  # the terminal's time, as the executor's sessions report it
     start = settings.clock_start
     if start is None:
         start = (feed if feed is not None else make_feed(settings.feed)).start_time()
@@ -118,64 +118,6 @@ async def _maybe_await(value):
     if asyncio.iscoroutine(value):
         return await value
     return value
-
-
-# --- database outages: handlers wait for the database instead of spending their deliveries -------------------
-
-DB_RETRY_S = 60.0  # how long a handler keeps retrying while the database is unreachable, before the bus takes over
-
-
-def is_db_unreachable(exc: BaseException) -> bool:
-    """A lost or refused database connection (restart, failover), as opposed to an error in the statement."""
-    import asyncpg
-    from sqlalchemy import exc as sa_exc
-
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 10:
-        if isinstance(current, ConnectionError | OSError | asyncpg.exceptions.OperatorInterventionError
-                      | asyncpg.exceptions.ConnectionDoesNotExistError | asyncpg.exceptions.CannotConnectNowError):
-            return True
-        if isinstance(current, asyncpg.exceptions.InterfaceError) and "connection" in str(current).lower():
-            return True
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
-            return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-        seen += 1
-    return False
-
-
-async def retry_while_db_unreachable(call: Callable[[], Awaitable[None]], *, what: str) -> None:
-    """Run `call`, again and again with back-off while the database is unreachable (bounded by DB_RETRY_S).
-
-    The bus alone would requeue the message a few times within a second and then dead-letter it, so a database
-    restart of a few seconds would dead-letter work; handlers are idempotent, so running one again is safe.
-    """
-    from tenacity import retry_if_exception, stop_after_delay
-
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception(is_db_unreachable), stop=stop_after_delay(DB_RETRY_S),
-        wait=wait_exponential(multiplier=0.2, max=2.0), reraise=True,
-        before_sleep=lambda state: log.warning(
-            "database unreachable: handler retried", handler=what, attempt=state.attempt_number, error=repr(state.outcome.exception())
-        ),
-    ):
-        with attempt:
-            await call()
-
-
-def _db_patient_decision():
-    """DecisionService whose consumers wait out a database outage (see retry_while_db_unreachable)."""
-    from services.decision.service import DecisionService
-
-    class DbPatientDecision(DecisionService):
-        async def on_signals_queue(self, message, delivery) -> None:
-            await retry_while_db_unreachable(lambda: super(DbPatientDecision, self).on_signals_queue(message, delivery), what="decision.signals")
-
-        async def on_events_queue(self, message, delivery) -> None:
-            await retry_while_db_unreachable(lambda: super(DbPatientDecision, self).on_events_queue(message, delivery), what="decision.events")
-
-    return DbPatientDecision
 
 
 # --- one service per process ------------------------------------------------------------------------------
@@ -230,8 +172,12 @@ class MarketDataProcess(ServiceProcess):
 
     def __init__(self, settings: Settings, *, bus: Bus | None = None, feed=None, clock: Clock | None = None) -> None:
         super().__init__(settings, bus=bus)
-        self.feed = feed if feed is not None else make_feed(settings.feed)
-        self.clock = clock or make_clock(settings, feed=self.feed)
+        if settings.feed == "mt5":
+            self.clock = clock or make_clock(settings)
+            self.feed = feed if feed is not None else make_feed("mt5", bus=self.bus, clock=self.clock, server_time=settings.mt5_server_time)
+        else:
+            self.feed = feed if feed is not None else make_feed(settings.feed)
+            self.clock = clock or make_clock(settings, feed=self.feed)
 
     async def start(self) -> None:
         from services.market_data.service import MarketDataService
@@ -290,7 +236,10 @@ class DecisionProcess(ServiceProcess):
             # Printed to the terminal once, never through the logger.
             self.announce(f"\nDemo user created. Its API key (shown once): {key}\n")
         self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_s)
-        self.service = _db_patient_decision()(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings)
+        from services.decision.service import DecisionService
+
+        self.service = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings,
+                                       patience=DatabasePatience())
         await self.service.start()  # starts the bus too
         await self.service.refresh_plan()
 
@@ -358,66 +307,35 @@ def forwarding_router(process: DecisionProcess) -> APIRouter:
 
 
 class ExecutorProcess(ServiceProcess):
-    """The broker sessions of all active accounts, or of one (`--account-id`).
+    """The broker sessions of all active accounts (paper and mt5), or of one (`--account-id`), including accounts
+    created while it runs.
 
     A second process for the same account is a standby: RabbitMQ gives the single-active-consumer queues to one
-    consumer at a time, so its handlers only run once the active process is gone. Its position monitor (snapshots,
-    settling orders left in `sending`) waits until it holds the account's leader lock (PostgreSQL advisory lock,
-    released when the active process's connection dies), and its paper broker is rebuilt from the tables then.
+    consumer at a time, so its handlers only run once the active process is gone; its monitor, its paper book and the
+    settling of orders left in `sending` wait until it holds the account's leader lock (services/executor/leadership.py).
     """
 
     name = "executor"
 
-    def __init__(
-        self, settings: Settings, *, bus: Bus | None = None, clock: Clock | None = None, account_id: int | None = None,
-        account_wait_s: float = 60.0,
-    ) -> None:
+    def __init__(self, settings: Settings, *, bus: Bus | None = None, clock: Clock | None = None, account_id: int | None = None) -> None:
         super().__init__(settings, bus=bus)
         self.clock = clock or make_clock(settings)
         self.account_id = account_id
-        self.account_wait_s = account_wait_s
         self.instance = instance_name("ex")
-        self.leader: LeaderLock | None = None
 
     async def start(self) -> None:
-        from services.executor.brokers.paper import paper_brokers
+        from services.executor.build import build_executor
 
-        if self.settings.broker != "paper":
-            raise RuntimeError("scalper serve executor runs the paper broker here; the MT5 session is not wired yet")
         await upgrade_database(self.settings.database_url)
-        accounts = await self._accounts()
         await self.bus.start()
-        brokers = paper_brokers(
-            accounts, clock=self.clock, balance=self.settings.paper_balance,
-            commission_per_lot=self.settings.paper_commission_per_lot,
-        )
-        self.leader = LeaderLock(self.settings.database_url, list(brokers))
-        self.service = _standby_aware_executor()(
-            bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings, broker=brokers,
-            account_ids=list(brokers), instance=self.instance, leader=self.leader,
+        self.service = build_executor(
+            settings=self.settings, bus=self.bus, sessions=self.sessions, clock=self.clock, instance=self.instance,
+            account_id=self.account_id,
         )
         await self.service.start()
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self.leader is not None:
-            await self.leader.release()
-
-    async def _accounts(self) -> list[BrokerAccount]:
-        """The active paper accounts (or the one asked for); waits for decision to create them on a first start."""
-        deadline = time.monotonic() + self.account_wait_s
-        while True:
-            async with self.sessions() as session:
-                query = select(BrokerAccount).where(BrokerAccount.is_active, BrokerAccount.broker == "paper")
-                if self.account_id is not None:
-                    query = query.where(BrokerAccount.id == self.account_id)
-                accounts = list((await session.execute(query.order_by(BrokerAccount.id))).scalars())
-            if accounts:
-                return accounts
-            if time.monotonic() > deadline:
-                which = f"account {self.account_id}" if self.account_id is not None else "any account"
-                raise RuntimeError(f"no active paper broker account ({which}) in the database: start decision first")
-            await asyncio.sleep(0.5)
+        if not self.service.accounts:
+            which = f"account {self.account_id}" if self.account_id is not None else "any active account"
+            log.warning(f"no {which} yet: the executor serves it once it is created (looked for every scan interval)")
 
     def mount(self, app: FastAPI) -> None:
         from services.executor.app import create_router
@@ -426,123 +344,8 @@ class ExecutorProcess(ServiceProcess):
 
     async def readiness(self) -> tuple[bool, dict]:
         ready, details = await super().readiness()
-        details["leader"] = bool(self.leader and self.leader.held)
+        details["leader"] = bool(self.service is not None and self.service.leading)
         return ready, details
-
-
-class LeaderLock:
-    """Which executor process leads an account's monitor: a PostgreSQL session advisory lock per account.
-
-    The lock lives as long as one dedicated connection: a process that dies loses it, and a standby takes it.
-    On SQLite (one process) every process leads.
-    """
-
-    NAMESPACE = 0x5CA1  # advisory lock key: (namespace, account id)
-
-    def __init__(self, url: str, account_ids: list[int]) -> None:
-        self._url = url
-        self._account_ids = account_ids
-        self._conn = None
-        self.held = not url.startswith("postgresql")
-
-    async def try_acquire(self) -> bool:
-        if self.held:
-            return True
-        import asyncpg
-        from sqlalchemy.engine import make_url
-
-        try:
-            if self._conn is None or self._conn.is_closed():
-                dsn = make_url(self._url).set(drivername="postgresql").render_as_string(hide_password=False)
-                self._conn = await asyncpg.connect(dsn, timeout=5)
-            got = []
-            for account_id in self._account_ids:
-                got.append(await self._conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", self.NAMESPACE, account_id))
-            if all(got):
-                self.held = True
-            else:
-                for account_id, ok in zip(self._account_ids, got, strict=True):
-                    if ok:
-                        await self._conn.execute("SELECT pg_advisory_unlock($1, $2)", self.NAMESPACE, account_id)
-        except Exception as exc:  # noqa: BLE001  not leading yet; asked again next cycle
-            log.info("executor leader lock not taken", error=repr(exc))
-            await self.release()
-        return self.held
-
-    async def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-        if self._url.startswith("postgresql"):
-            self.held = False
-
-
-def _standby_aware_executor():
-    """ExecutorService whose monitor and paper-broker rebuild wait until this process leads its accounts."""
-    from services.executor.service import ExecutorService
-
-    class StandbyAwareExecutor(ExecutorService):
-        def __init__(self, *, leader: LeaderLock, **kwargs) -> None:
-            super().__init__(**kwargs)
-            self._leader = leader
-            self._leading = False
-
-        async def _ensure_leading(self) -> bool:
-            if self._leading:
-                return True
-            if await self._leader.try_acquire():
-                self._leading = True
-                self._log.info("executor leads its accounts", accounts=self._account_ids)
-                await self._restore_paper_brokers()
-                await self._reconcile_unsettled()
-            return self._leading
-
-        async def handle_intent(self, message, delivery) -> None:
-            async with self._lock:
-                await self._take_over()
-            await retry_while_db_unreachable(lambda: super(StandbyAwareExecutor, self).handle_intent(message, delivery), what="executor.orders")
-
-        async def handle_command(self, message, delivery) -> None:
-            async with self._lock:
-                await self._take_over()
-            await retry_while_db_unreachable(lambda: super(StandbyAwareExecutor, self).handle_command(message, delivery), what="executor.commands")
-
-        async def handle_bars(self, message, delivery) -> None:
-            await retry_while_db_unreachable(lambda: super(StandbyAwareExecutor, self).handle_bars(message, delivery), what="executor.bars")
-
-        async def _take_over(self) -> None:
-            """A delivery on a single-active-consumer queue means this process is the active one now."""
-            if self._leading:
-                return
-            for _ in range(20):  # the dead process's connection may take a moment to be seen closed
-                if await self._ensure_leading():
-                    return
-                await asyncio.sleep(0.25)
-            self._log.warning("active on the queue without the leader lock: handling anyway")
-
-        async def _sync_broker(self, *, account_id: int) -> None:
-            if self._leading:
-                await super()._sync_broker(account_id=account_id)
-
-        async def _restore_paper_brokers(self) -> None:
-            if self._leading:  # a standby's paper broker is rebuilt when it takes over, not while the active one runs
-                await super()._restore_paper_brokers()
-
-        async def reconcile_unsettled(self) -> None:
-            async with self._lock:
-                if self._leading:
-                    await self._reconcile_unsettled()
-                else:
-                    await self._ensure_leading()  # settles what it finds once it leads
-
-        async def monitor_once(self) -> None:
-            async with self._lock:
-                leading = await self._ensure_leading()
-            if leading:
-                await super().monitor_once()
-
-    return StandbyAwareExecutor
 
 
 PROCESSES: dict[str, Callable[..., ServiceProcess]] = {

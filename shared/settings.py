@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     mt5_host: str | None = None
     mt5_port: int = 18812
     allow_live: bool = False
+    # `scalper run` with SCALPER_BROKER=mt5: the demo account it creates when no `mt5` account has this login. The
+    # password is stored as a reference to this variable (`env:SCALPER_MT5_PASSWORD`), never as its value.
+    mt5_login: int | None = Field(default=None, description="the MT5 account's login")
+    mt5_server: str | None = Field(default=None, description="the MT5 account's trade server, e.g. Exness-MT5Trial")
+    mt5_password: SecretStr | None = Field(default=None, description="the MT5 account's password (kept in the environment)")
+    mt5_server_time: str = Field(default="us_dst", description="the broker's server clock: us_dst, utc or an hour offset")
+    mt5_suffix: str = Field(default="", description="the broker's symbol suffix, e.g. m for XAUUSDm")
 
     speed: float = Field(default=600.0, gt=0, description="clock speed of synthetic and replay feeds")
     port: int = 8000
@@ -62,6 +69,14 @@ class Settings(BaseSettings):
     http_timeout_s: float = Field(default=5.0, gt=0, description="time-out of calls between services")
     clock_start: datetime | None = Field(default=None, description="simulated time at clock_anchor (default: the feed's start)")
     clock_anchor: datetime | None = Field(default=None, description="wall-clock UTC instant at which the clock reads clock_start")
+
+
+    def clock_speed(self) -> float:
+        """The engine clock's speed: SCALPER_SPEED for the synthetic and replay feeds; for the mt5 feed real time (a
+        terminal's clock) unless SCALPER_SPEED is set (a simulator started with --speed X)."""
+        if self.feed == "mt5" and "speed" not in self.model_fields_set:
+            return 1.0
+        return self.speed
 
 
 @lru_cache

@@ -19,6 +19,7 @@ from services.decision.scanline import ScanLine, scan_lines
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
+from shared.db.patience import NO_PATIENCE, Patience
 from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
@@ -71,8 +72,10 @@ class DecisionService:
         settings: Settings,
         lookback_for: LookbackFor | None = None,
         outbox: OutboxRelay | None = None,
+        patience: Patience | None = None,
     ) -> None:
         self._bus = bus
+        self._patience: Patience = patience or NO_PATIENCE  # how the consumers meet an unreachable database
         self.outbox = outbox or OutboxRelay(bus=bus, sessions=sessions)
         self._sessions = sessions
         self._clock = clock
@@ -179,21 +182,22 @@ class DecisionService:
 
     async def on_signals_queue(self, message: Message, delivery: Delivery) -> None:
         if isinstance(message, Signal):
-            await self.handle_signal(message, delivery)
+            await self._patience.run(lambda: self.handle_signal(message, delivery), what="decision.signals")
         elif isinstance(message, ScanReport):
-            await self.handle_scan_report(message, delivery)
+            await self._patience.run(lambda: self.handle_scan_report(message, delivery), what="decision.signals")
         else:
             raise InvalidMessage(f"{type(message).__name__} does not belong on {topology.DECISION_SIGNALS.name}")
 
     async def on_events_queue(self, message: Message, delivery: Delivery) -> None:
         if isinstance(message, ExecutionReport):
-            await self.handle_execution_report(message, delivery)
+            handler = self.handle_execution_report
         elif isinstance(message, PositionEvent):
-            await self.handle_position_event(message, delivery)
+            handler = self.handle_position_event
         elif isinstance(message, AccountSnapshot):
-            await self.handle_account_snapshot(message, delivery)
+            handler = self.handle_account_snapshot
         else:
             raise InvalidMessage(f"{type(message).__name__} does not belong on {topology.DECISION_EVENTS.name}")
+        await self._patience.run(lambda: handler(message, delivery), what="decision.events")
 
     def _account_lock(self, account_id: int) -> asyncio.Lock:
         return self._account_locks.setdefault(account_id, asyncio.Lock())
@@ -209,7 +213,7 @@ class DecisionService:
                 signal=signal,
                 now=self._clock.now(),
                 # The order life is real time: on a replay's accelerated clock it spans `speed` times more feed seconds.
-                order_ttl_s=self._settings.order_ttl_s * getattr(self._clock, "speed", 1.0),
+                order_ttl_s=self._settings.order_ttl_s * self._clock.speed,
                 margin_free=None if snapshot is None else snapshot.margin_free,
             )
         if not outcome.bot_found:

@@ -190,6 +190,7 @@ class ExecutorService:
             await self._discover_accounts(start_consuming=False)
         for live in self._unique(self._live.values()):
             await live.start()  # MT5: opens the session; a live account without allow_live refuses to start here
+        await self._observe_terminal_time()
         async with self._lock:
             await self._ensure_leading()
             await self._publish_closed_events()  # closes committed by a process that died before publishing them
@@ -203,6 +204,21 @@ class ExecutorService:
         if self._account_source is not None:
             self._tasks.append(asyncio.create_task(self._discovery_loop(), name=f"executor-accounts:{self._instance}"))
         self._log.info("executor started", accounts=self._account_ids, paper=bool(self._paper), leading=self._leading)
+
+    async def _observe_terminal_time(self) -> None:
+        """Set a terminal-following clock from the sessions before anything schedules by it."""
+        if self._on_terminal_time is None:
+            return
+        for live in self._unique(self._live.values()):
+            try:
+                at = await live.terminal_time()
+            except Exception as exc:  # noqa: BLE001  the rates replies set it later
+                self._log.warning("terminal time not read at start", error=repr(exc))
+                continue
+            if at is not None:
+                self._on_terminal_time(at)
+                self._log.info("clock set from the terminal", terminal_time=at.isoformat())
+                return
 
     @staticmethod
     def _unique(items):
@@ -321,6 +337,10 @@ class ExecutorService:
     @property
     def leading(self) -> bool:
         return self._leading
+
+    @property
+    def accounts(self) -> list[int]:
+        return list(self._account_ids)
 
     async def readiness(self) -> tuple[bool, dict]:
         """Ready when every broker session answers healthy and the database answers a query."""

@@ -11,7 +11,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from typer.testing import CliRunner
 
 from scalper.cli import app
-from scalper.serve import SharedClock, build_process, is_db_unreachable, make_clock
+from scalper.serve import SharedClock, build_process, make_clock
+from shared.db.patience import is_db_unreachable
+from shared.timeutil import TerminalClock
 from shared.settings import Settings
 
 
@@ -31,9 +33,13 @@ def test_the_clock_settings_are_read_as_utc_when_they_name_no_zone():
     assert abs((clock.now() - datetime(2026, 3, 25, 9, 0, tzinfo=UTC)).total_seconds()) < 5
 
 
-def test_the_mt5_feed_runs_on_the_real_clock():
-    clock = make_clock(Settings(feed="mt5"))
-    assert abs((clock.now() - datetime.now(UTC)).total_seconds()) < 1
+def test_the_mt5_feed_runs_on_the_terminals_clock_in_real_time_unless_a_speed_is_set():
+    clock = make_clock(Settings(feed="mt5", _env_file=None))
+    assert isinstance(clock, TerminalClock) and clock.speed == 1.0
+    assert abs((clock.now() - datetime.now(UTC)).total_seconds()) < 1  # until the terminal says otherwise
+    clock.observe(datetime(2024, 3, 1, 10, 0, tzinfo=UTC))  # the first reading anchors it, even backwards
+    assert abs((clock.now() - datetime(2024, 3, 1, 10, 0, tzinfo=UTC)).total_seconds()) < 1
+    assert make_clock(Settings(feed="mt5", speed=50, _env_file=None)).speed == 50  # a simulator at --speed 50
 
 
 def test_serve_refuses_an_unknown_service_and_account_id_off_the_executor():

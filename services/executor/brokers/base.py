@@ -174,8 +174,8 @@ class TerminalBroker(Broker, Protocol):
     async def rates(self, symbol: str, count: int) -> Bars:
         """The last `count` closed M1 bars, oldest first, times in UTC."""
 
-    async def terminal_time(self, symbol: str) -> datetime | None:
-        """The terminal's time now, in UTC (its latest tick of `symbol`), or None without a tick."""
+    async def terminal_time(self, symbol: str | None = None) -> datetime | None:
+        """The terminal's time now, in UTC (its latest tick of `symbol`, or of any symbol it watches), or None."""
 
 
 @runtime_checkable

@@ -723,13 +723,19 @@ class MT5Broker:
 
         return await self._run(read, retry_reads=True)
 
-    async def terminal_time(self, symbol: str) -> datetime | None:
-        """The terminal's time in UTC: the time of its latest tick of `symbol` (the module has no clock call; on a live
-        market the last tick is at most seconds old)."""
+    async def terminal_time(self, symbol: str | None = None) -> datetime | None:
+        """The terminal's time in UTC: the time of its latest tick of `symbol`, or of a symbol in its Market Watch (the
+        module has no clock call; on a live market the last tick is at most seconds old)."""
 
         def read():
-            sym = self._resolve(symbol)
-            tick = self._call("symbol_info_tick", sym.name)
+            if symbol is not None:
+                name = self._resolve(symbol).name
+            else:
+                watched = [s.name for s in (self._call("symbols_get") or ()) if s.visible]
+                if not watched:
+                    return None
+                name = watched[0]
+            tick = self._call("symbol_info_tick", name)
             return None if tick is None or not int(tick.time) else self._utc(int(tick.time))
 
         return await self._run(read, retry_reads=True)

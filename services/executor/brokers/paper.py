@@ -92,6 +92,10 @@ class _Deal:
     at: datetime
 
 
+class QuoteBook(dict[str, _Bar]):
+    """The latest closed bar per canonical symbol: one book prices every paper broker of an executor."""
+
+
 def _volume_decimals(spec: SymbolSpec) -> int:
     return max(0, -math.floor(math.log10(spec.volume_step)))
 
@@ -425,7 +429,7 @@ class PaperBroker:
 def paper_brokers(accounts: Iterable, *, clock: Clock, balance: float, commission_per_lot: float = 0.0) -> dict[int, PaperBroker]:
     """A paper broker for each account (a `BrokerAccount` row: id, margin_mode, symbol_suffix), all priced from one
     shared quote book, as an executor serves them."""
-    quotes: dict[str, _Bar] = {}
+    quotes = QuoteBook()
     return {
         account.id: PaperBroker(
             clock=clock,
