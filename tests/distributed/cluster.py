@@ -238,3 +238,19 @@ def services_problem() -> str | None:
     except Exception as exc:  # noqa: BLE001  the reason is the answer
         return f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc!r}"
     return None
+
+
+# --- active and standby executors (tests/distributed/test_crash_loop.py) -------------------------------------
+
+
+def readiness(proc: ServiceProc) -> dict:
+    """The process's GET /readyz answer as JSON ({} when it does not answer)."""
+    try:
+        return proc.get("/readyz", timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def leaders(procs: list[ServiceProc]) -> list[ServiceProc]:
+    """The live executor processes that hold their accounts' leader lock (/readyz `leader`)."""
+    return [p for p in procs if p.alive() and readiness(p).get("leader") is True]
