@@ -31,15 +31,29 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-@pytest.fixture(scope="module")
-def scalper_services(compose) -> dict[str, dict]:
-    """The compose services that run `scalper serve <service>`, by the service they serve."""
+STANDBY_SUFFIX = "-standby"
+
+
+def _served(compose: dict, *, standby: bool) -> dict[str, dict]:
     out = {}
     for name, svc in compose["services"].items():
         command = svc.get("command") or []
-        if command[:1] == ["serve"]:
+        if command[:1] == ["serve"] and name.endswith(STANDBY_SUFFIX) == standby:
+            assert command[1] not in out, f"{name}: a second compose service for {command[1]} (a standby ends in {STANDBY_SUFFIX})"
             out[command[1]] = {"compose_name": name, **svc}
     return out
+
+
+@pytest.fixture(scope="module")
+def scalper_services(compose) -> dict[str, dict]:
+    """The compose services that run `scalper serve <service>`, by the service they serve (standbys left out)."""
+    return _served(compose, standby=False)
+
+
+@pytest.fixture(scope="module")
+def standby_services(compose) -> dict[str, dict]:
+    """The standbys (`<name>-standby`): a second process of a service, by the service they serve."""
+    return _served(compose, standby=True)
 
 
 def _option(command: list[str], flag: str) -> str | None:
@@ -72,12 +86,27 @@ def test_each_service_runs_scalper_serve_on_its_default_port(scalper_services):
     assert "ports" not in strategy and "container_name" not in strategy
 
 
-def test_the_cli_offers_the_commands_the_compose_file_runs(scalper_services, compose):
+def test_a_standby_executor_runs_the_same_command_with_the_same_settings(scalper_services, standby_services):
+    """A second `scalper serve executor` is the standby that takes over an account when the active one dies (the
+    single-active-consumer queues and the leader lock decide which one works): it must be the same process."""
+    assert set(standby_services) == {"executor"}, "only the executor has a standby (strategy workers scale instead)"
+    active, standby = scalper_services["executor"], standby_services["executor"]
+    assert standby["command"] == active["command"]
+    assert standby["environment"] == active["environment"]
+    assert standby["image"] == active["image"] and standby["depends_on"] == active["depends_on"]
+    assert standby["healthcheck"]["test"] == active["healthcheck"]["test"]
+    assert _option(active["command"], "--account-id") is None, "both serve every active account"
+    # The active one publishes 8003 on the host; the standby only inside the compose network, so they do not clash.
+    assert not standby.get("ports") and str(DEFAULT_PORTS["executor"]) in [str(p) for p in standby["expose"]]
+    assert "container_name" not in standby
+
+
+def test_the_cli_offers_the_commands_the_compose_file_runs(scalper_services, standby_services, compose):
     runner = CliRunner()
     result = runner.invoke(cli_app, ["serve", "--help"])
     assert result.exit_code == 0, result.output
     assert "--port" in result.output and "--host" in result.output
-    for service, svc in scalper_services.items():
+    for service, svc in [*scalper_services.items(), *standby_services.items()]:
         # The process each container runs can be built from the environment compose gives it (nothing connects yet).
         env = {k.removeprefix("SCALPER_").lower(): _resolve(str(v)) for k, v in svc["environment"].items() if v is not None}
         process = build_process(service, Settings(_env_file=None, **env))
