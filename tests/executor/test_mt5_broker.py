@@ -224,3 +224,14 @@ async def test_server_time_converts_to_utc_across_the_us_dst_switch():
     filled = await b.place(order(sim=sim))
     assert filled.filled_at == sim.now().replace(microsecond=0)
     await b.aclose()
+
+
+async def test_terminal_time_reads_the_terminals_clock_even_before_market_watch_shows_a_symbol():
+    sim = make_sim(flat(400), select=False)
+    broker = broker_for(sim)
+    await broker.start()
+    try:
+        assert await broker.terminal_time() == sim.now()  # what sets a terminal-following clock at the executor's start
+        assert await broker.terminal_time("XAUUSD") == sim.now()
+    finally:
+        await broker.aclose()

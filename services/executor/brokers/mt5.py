@@ -728,13 +728,14 @@ class MT5Broker:
         module has no clock call; on a live market the last tick is at most seconds old)."""
 
         def read():
-            if symbol is not None:
-                name = self._resolve(symbol).name
-            else:
-                watched = [s.name for s in (self._call("symbols_get") or ()) if s.visible]
-                if not watched:
+            wanted = symbol
+            if wanted is None:
+                # Any symbol will do: one in Market Watch, else the first the terminal knows (selected to have ticks).
+                known = list(self._call("symbols_get") or ())
+                if not known:
                     return None
-                name = watched[0]
+                wanted = next((s.name for s in known if s.visible), known[0].name)
+            name = self._resolve(wanted).name
             tick = self._call("symbol_info_tick", name)
             return None if tick is None or not int(tick.time) else self._utc(int(tick.time))
 
