@@ -724,20 +724,29 @@ class MT5Broker:
         return await self._run(read, retry_reads=True)
 
     async def terminal_time(self, symbol: str | None = None) -> datetime | None:
-        """The terminal's time in UTC: the time of its latest tick of `symbol`, or of a symbol in its Market Watch (the
-        module has no clock call; on a live market the last tick is at most seconds old)."""
+        """The terminal's time in UTC: the time of its latest tick of `symbol` (the module has no clock call; on a live
+        market the last tick is at most seconds old), or the forming M1 bar's minute while a symbol has no tick yet.
+        Without a symbol: the first with a price among those in Market Watch, then the instruments we know."""
+
+        def at(name: str) -> datetime | None:
+            tick = self._call("symbol_info_tick", name)
+            if tick is not None and int(tick.time):
+                return self._utc(int(tick.time))
+            forming = self._call("copy_rates_from_pos", name, TIMEFRAME_M1, 0, 1)
+            return None if forming is None or len(forming) == 0 else self._utc(int(forming["time"][-1]))
 
         def read():
-            wanted = symbol
-            if wanted is None:
-                # Any symbol will do: one in Market Watch, else the first the terminal knows (selected to have ticks).
-                known = list(self._call("symbols_get") or ())
-                if not known:
-                    return None
-                wanted = next((s.name for s in known if s.visible), known[0].name)
-            name = self._resolve(wanted).name
-            tick = self._call("symbol_info_tick", name)
-            return None if tick is None or not int(tick.time) else self._utc(int(tick.time))
+            if symbol is not None:
+                return at(self._resolve(symbol).name)
+            watched = [s.name for s in (self._call("symbols_get") or ()) if s.visible]
+            for candidate in dict.fromkeys([*watched, *DEFAULT_SPECS]):
+                try:
+                    found = at(self._resolve(candidate).name)
+                except LookupError:
+                    continue  # the broker has no such instrument
+                if found is not None:
+                    return found
+            return None
 
         return await self._run(read, retry_reads=True)
 
