@@ -45,6 +45,26 @@ class Settings(BaseSettings):
     mt5_server_time: str = Field(default="us_dst", description="the broker's server clock: us_dst, utc or an hour offset")
     mt5_suffix: str = Field(default="", description="the broker's symbol suffix, e.g. m for XAUUSDm")
 
+    # Hardening: secrets, the services' own calls, and prices that make no sense.
+    secret_key: SecretStr | None = Field(
+        default=None, description="key that encrypts MT5 passwords at rest (required in distributed mode; `scalper run` "
+        "creates var/secret.key, mode 0600, on first start)",
+    )
+    service_token: SecretStr | None = Field(
+        default=None, description="distributed: the token every service sends on its internal calls, and requires",
+    )
+    bar_sanity_atr: float = Field(
+        default=25.0, gt=0, description="a bar whose range, or move from the previous close, exceeds this many ATR(14) of "
+        "the bars before it is refused",
+    )
+    max_stop_atr: float = Field(
+        default=20.0, gt=0, description="decision refuses an order whose stop or target is further than this many ATR",
+    )
+    max_quote_deviation: float = Field(
+        default=0.02, gt=0, lt=1, description="the executor refuses a market order whose signal entry is further than "
+        "this fraction of the price from the broker's current quote",
+    )
+
     speed: float = Field(default=600.0, gt=0, description="clock speed of synthetic and replay feeds")
     port: int = 8000
     monitor_interval_s: float = Field(default=60.0, gt=0, description="position monitor cycle")
