@@ -100,7 +100,7 @@ async def test_a_close_event_lost_between_commit_and_publish_goes_out_after_a_re
         await rig.bus.deliver(COMMANDS_Q, command("close_all", reason="manual"))
     assert await count(sessions, Position, Position.status == "closed", Position.close_event_sent.is_(False)) == 1
     assert rig.events("closed") == []
-    rig.service._outbox.clear()  # the process died: its memory is gone
+    rig.service.state.outbox.clear()  # the process died: its memory is gone
     await rig.service.stop()
 
     fresh = Rig(sessions, paper=rig.paper, clock=rig.clock)

@@ -99,7 +99,7 @@ async def test_an_intent_whose_report_was_not_confirmed_publishes_the_same_repor
     rig.bus.fail_publishes = 1
     with pytest.raises(ConnectionError):
         await rig.service.handle_intent(message, None)
-    rig.service._outbox.clear()  # as after a crash
+    rig.service.state.outbox.clear()  # as after a crash
     await rig.service.handle_intent(message, None)
     [report] = rig.reports()
     assert report.status == "filled" and len(rig.broker.place_calls) == 1
