@@ -119,11 +119,14 @@ def bot_setup(
     symbol: Annotated[str, typer.Option(help="the symbol as the broker names it, e.g. XAUUSDm")],
     user_id: Annotated[int, typer.Option(help="owner")] = 1,
     account_id: Annotated[int, typer.Option(help="broker account")] = 1,
-    auto_trade: Annotated[bool, typer.Option("--auto-trade/--no-auto-trade", help="let the bot place orders")] = False,
-    strategies: Annotated[str | None, typer.Option(help="comma-separated; default: every scalper strategy")] = None,
+    auto_trade: Annotated[
+        bool | None, typer.Option("--auto-trade/--no-auto-trade", help="let the bot place orders (a new bot: off unless given; an existing one: unchanged unless given)")
+    ] = None,
+    strategies: Annotated[str | None, typer.Option(help="comma-separated; a new bot: every strategy of the engine unless given; an existing one: unchanged unless given")] = None,
     engine_mode: Annotated[str, typer.Option(help="scalper | harami")] = "scalper",
 ) -> None:
-    """Create or update a scalper bot (upsert on user, account, symbol, engine) and print it as JSON."""
+    """Create or update a scalper bot (upsert on user, account, symbol, engine) and print it as JSON; an existing bot
+    changes only in the options given."""
     from services.decision.bots import BotSetupError, setup_bot
     from shared.db.models import BrokerAccount, User
 

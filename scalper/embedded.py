@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import func, select, text
 
 from services.decision.admin import mount_admin
 from services.decision.app import mount as mount_decision_api
 from services.decision.accounts import create_account
 from services.decision.bots import DEMO_USER, ensure_demo, setup_bot
+from services.decision.deps import current_user
 from services.decision.service import DecisionService
-from services.executor.app import create_router as executor_router
 from services.executor.build import build_executor
 from services.executor.service import ExecutorService
 from services.market_data.app import create_router as market_data_router
@@ -178,6 +178,10 @@ class EmbeddedStack:
                 ready = ready and ok
         return ready, details
 
+    async def served_symbols(self) -> list[str] | None:
+        """The symbols a bot may trade: the feed's (None with the mt5 feed, whose broker sessions serve what bots ask)."""
+        return None if isinstance(self.feed, MT5Feed) else list(self.feed.symbols())
+
     async def _active_accounts(self) -> list[int]:
         async with self.sessions() as session:
             return list((await session.execute(select(BrokerAccount.id).where(BrokerAccount.is_active))).scalars())
@@ -240,10 +244,12 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         startup = await stack.start()
-        app.include_router(market_data_router(stack.market_data), prefix="/api/v1")
-        app.include_router(strategy_router(), prefix="/api/v1")
-        app.include_router(executor_router(stack.executor), prefix="/internal/executor")
-        mount_decision_api(app, stack.decision)
+        # Every /api/v1 route takes a user's key, as decision's own do; the executor's internal routes (every
+        # account's positions and balance) are not mounted: GET /api/v1/positions shows a user their own.
+        user_only = [Depends(current_user)]
+        app.include_router(market_data_router(stack.market_data), prefix="/api/v1", dependencies=user_only)
+        app.include_router(strategy_router(), prefix="/api/v1", dependencies=user_only)
+        mount_decision_api(app, stack.decision, served_symbols=stack.served_symbols)
         mount_admin(app, engine=stack.engine, sessions=stack.sessions, settings=stack.settings)
         app.openapi_schema = None
         if startup.demo_api_key:

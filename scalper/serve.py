@@ -3,7 +3,9 @@
 This is a composition root, like scalper/embedded.py: it builds one service around the bus (RabbitMQ), the
 database (PostgreSQL) and a clock every process agrees on, and mounts that service's routes beside
 /healthz, /readyz and /metrics. The decision process serves the public API and forwards /symbols, /bars and
-/strategies to market data and strategy over HTTP.
+/strategies to market data and strategy over HTTP, with SCALPER_SERVICE_TOKEN: the routes of market data, strategy
+and the executor answer only calls that carry it (they have no database to check a user's key). No user is made
+here: a distributed install starts empty (`scalper user create`, POST /accounts, `scalper bot setup`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from scalper.embedded import make_feed
 from shared.bus import Bus, create_bus
-from shared.db.engine import create_engine, session_factory, transaction, upgrade
+from shared.db.engine import create_engine, session_factory, upgrade
 from shared.db.patience import DatabasePatience
 from shared.heap import startup_frozen
-from shared.http import add_ops_routes
+from shared.http import add_ops_routes, require_service_token, service_token_headers
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.telemetry import MetricsSampler, configure_telemetry
@@ -149,6 +151,10 @@ class ServiceProcess:
     def mount(self, app: FastAPI) -> None:
         """Mount this service's routers (called once it has started)."""
 
+    def internal(self) -> list:
+        """The dependencies of routes only another service calls: the service token."""
+        return [Depends(require_service_token(self.settings))]
+
     async def readiness(self) -> tuple[bool, dict]:
         details: dict = {"service": self.name, "bus": await self.bus.healthy()}
         ready = details["bus"]
@@ -191,7 +197,7 @@ class MarketDataProcess(ServiceProcess):
     def mount(self, app: FastAPI) -> None:
         from services.market_data.app import create_router
 
-        app.include_router(create_router(self.service), prefix="/api/v1")
+        app.include_router(create_router(self.service), prefix="/api/v1", dependencies=self.internal())
 
 
 class StrategyProcess(ServiceProcess):
@@ -212,7 +218,7 @@ class StrategyProcess(ServiceProcess):
     def mount(self, app: FastAPI) -> None:
         from services.strategy.app import create_router
 
-        app.include_router(create_router(), prefix="/api/v1")
+        app.include_router(create_router(), prefix="/api/v1", dependencies=self.internal())
 
 
 class DecisionProcess(ServiceProcess):
@@ -227,14 +233,7 @@ class DecisionProcess(ServiceProcess):
         self.http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        from services.decision.bots import ensure_demo
-
         await upgrade_database(self.settings.database_url)
-        async with transaction(self.sessions) as session:
-            key = await ensure_demo(session=session)
-        if key:
-            # Printed to the terminal once, never through the logger.
-            self.announce(f"\nDemo user created. Its API key (shown once): {key}\n")
         self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_s)
         from services.decision.service import DecisionService
 
@@ -252,6 +251,21 @@ class DecisionProcess(ServiceProcess):
         mount_decision_api(app, self)
         app.include_router(forwarding_router(self), prefix="/api/v1")
 
+    async def served_symbols(self):
+        """The symbols market data's feed serves (None with the mt5 feed: its broker sessions serve what bots ask for)."""
+        from services.decision.app import SymbolsUnavailable
+
+        if self.settings.feed == "mt5":
+            return None
+        assert self.http is not None
+        url = f"{self.settings.market_data_url.rstrip('/')}/api/v1/symbols"
+        try:
+            answer = await self.http.get(url, headers=service_token_headers(self.settings))
+            answer.raise_for_status()
+            return {row["name"] for row in answer.json()["data"]}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise SymbolsUnavailable(f"market data at {url} did not list its symbols ({type(exc).__name__})") from None
+
 
 def mount_decision_api(app: FastAPI, process: DecisionProcess) -> bool:
     """Mount the decision service's own /api/v1 routes (services/decision/app.py `mount`), when it offers them."""
@@ -262,7 +276,7 @@ def mount_decision_api(app: FastAPI, process: DecisionProcess) -> bool:
             raise
         log.warning("services.decision.app absent: the decision process serves only the forwarded routes")
         return False
-    module.mount(app, process.service)
+    module.mount(app, process.service, served_symbols=process.served_symbols)
     return True
 
 
@@ -286,7 +300,7 @@ def forwarding_router(process: DecisionProcess) -> APIRouter:
         assert process.http is not None
         url = f"{base.rstrip('/')}/api/v1{path}"
         try:
-            upstream = await process.http.get(url, params=request.query_params)
+            upstream = await process.http.get(url, params=request.query_params, headers=service_token_headers(settings))
         except httpx.HTTPError as exc:
             return JSONResponse({"detail": f"upstream {url} unreachable: {type(exc).__name__}"}, status_code=503)
         return Response(upstream.content, status_code=upstream.status_code, media_type=upstream.headers.get("content-type"))
@@ -340,7 +354,7 @@ class ExecutorProcess(ServiceProcess):
     def mount(self, app: FastAPI) -> None:
         from services.executor.app import create_router
 
-        app.include_router(create_router(self.service), prefix="/internal/executor")
+        app.include_router(create_router(self.service), prefix="/internal/executor", dependencies=self.internal())
 
     async def readiness(self) -> tuple[bool, dict]:
         ready, details = await super().readiness()
@@ -407,6 +421,8 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
             await sampler.stop()
         await process.stop()
 
+    if process.settings.service_token is None:
+        log.warning("SCALPER_SERVICE_TOKEN unset: the internal routes refuse every call (and decision cannot forward /symbols, /bars, /strategies); set it alike in every service")
     app = FastAPI(title=f"Scalper {process.name} service", version="0.1.0", lifespan=lifespan)
     add_ops_routes(app, process.readiness)
 

@@ -1,11 +1,13 @@
 """What every service's HTTP app has: /healthz (process up), /readyz (bus and database reachable), /metrics
-(Prometheus), and its requests' SQLite statements kept off the event loop's thread."""
+(Prometheus), its requests' SQLite statements kept off the event loop's thread, and the service token that guards
+the internal routes of distributed mode."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -48,3 +50,30 @@ def add_ops_routes(app: FastAPI, readiness: Readiness) -> None:
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
+
+
+SERVICE_TOKEN_HEADER = "X-Service-Token"
+
+
+def service_token_headers(settings) -> dict[str, str]:
+    """The header a service sends on its calls to another (none when SCALPER_SERVICE_TOKEN is unset)."""
+    token = settings.service_token
+    return {SERVICE_TOKEN_HEADER: token.get_secret_value()} if token is not None and token.get_secret_value() else {}
+
+
+def require_service_token(settings):
+    """A dependency: the call carries SCALPER_SERVICE_TOKEN in X-Service-Token, or it is refused with a 401.
+
+    For the internal routes of distributed mode (market data's and strategy's /api/v1, the executor's
+    /internal/executor), which have no database to check a user's key: only another service of this install calls
+    them. Without a token configured every call is refused, so an unset token never leaves them open."""
+    expected = settings.service_token.get_secret_value() if settings.service_token is not None else ""
+
+    async def check(request: Request) -> None:
+        if not expected:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "internal route: set SCALPER_SERVICE_TOKEN on every service to call it")
+        given = request.headers.get(SERVICE_TOKEN_HEADER, "")
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"internal route: send the service token in the {SERVICE_TOKEN_HEADER} header")
+
+    return check

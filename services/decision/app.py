@@ -3,16 +3,19 @@
 Routes parse, call the functions beside them and answer; a change commits before the plan is republished, and an
 executor command is written to the outbox in the change's transaction, then handed to the relay: a publish that fails
 is the relay's to retry, never the route's 500. Another user's id answers 404, exactly like an id that does not exist.
+Every time a route writes comes from the service's clock (`service.clock`), as the consumers' do.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from sqlalchemy import select
 
 from services.decision import accounts, bots, killswitch, outgoing, queries, users
@@ -106,6 +109,60 @@ async def reject_unknown_query(request: Request) -> None:
         raise unprocessable(repeated[0], f"give {repeated[0]} once", where="query")
 
 
+async def reject_unexpected_body(request: Request) -> None:
+    """A route that takes no body refuses one (`POST /kill` with `{bad` must not kill): nothing, `{}` or `null` only."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or dependant.body_params:
+        return
+    raw = await request.body()
+    if not raw.strip():
+        return
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = ...
+    if value not in ({}, None):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"loc": ["body"], "msg": "this route takes no body: send none (or {})", "type": "value_error"}],
+        )
+
+
+def _without_secrets(errors) -> list[dict]:
+    out = []
+    for error in errors:
+        if "password" in error.get("loc", ()):
+            error = {k: v for k, v in error.items() if k not in ("input", "ctx")}
+        out.append(error)
+    return out
+
+
+class SecretSafeRoute(APIRoute):
+    """FastAPI's 422, except that a refused password is not echoed back in `input` (it is write-only, even when wrong).
+
+    A route class rather than an exception handler: the embedded app and `scalper serve` mount these routes in their
+    lifespan, after Starlette has built its exception middleware, so a handler added then would never run."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request):
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise RequestValidationError(_without_secrets(exc.errors()), body=None) from None
+
+        return route
+
+
+ServedSymbols = Callable[[], Awaitable[Collection[str] | None]]
+
+
+class SymbolsUnavailable(RuntimeError):
+    """The feed's symbols cannot be had now (market data unreachable): a bot's symbol cannot be checked (503)."""
+
+
 def _actor(user) -> str:
     return f"user:{user.id}"
 
@@ -114,9 +171,25 @@ def _bot_public(bot: Bot) -> BotPublic:
     return BotPublic.model_validate(bot, from_attributes=True)
 
 
-def create_router(service) -> APIRouter:
-    """The /api/v1 routes of the decision service; `service` is the running DecisionService (plan and commands)."""
-    router = APIRouter(responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
+def create_router(service, *, served_symbols: ServedSymbols | None = None) -> APIRouter:
+    """The /api/v1 routes of the decision service; `service` is the running DecisionService (plan, commands, clock).
+
+    `served_symbols` answers the canonical symbols the feed serves (None from it, or no callable: any symbol with a
+    spec, as with the mt5 feed); a bot's symbol must be one of them."""
+    router = APIRouter(
+        responses=ERRORS, dependencies=[Depends(reject_unknown_query), Depends(reject_unexpected_body)], route_class=SecretSafeRoute
+    )
+
+    def _now() -> datetime:
+        return service.clock.now()
+
+    async def _served() -> Collection[str] | None:
+        if served_symbols is None:
+            return None
+        try:
+            return await served_symbols()
+        except SymbolsUnavailable as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot check the symbol now: {exc}") from None
 
     async def _bot(session, user, bot_id: int) -> Bot:
         try:
@@ -146,13 +219,13 @@ def create_router(service) -> APIRouter:
 
     @router.post("/keys", response_model=KeyIssued, status_code=201, tags=["users"])
     async def issue_key(user: CurrentUser, session: Session) -> Any:
-        row, key = await users.issue_api_key(session=session, user_id=user.id)
+        row, key = await users.issue_api_key(session=session, user_id=user.id, now=_now())
         await session.commit()
         return KeyIssued(id=row.id, prefix=row.prefix, created_at=row.created_at, revoked_at=None, api_key=key)
 
     @router.delete("/keys/{key_id}", response_model=KeyPublic, tags=["users"])
     async def revoke_key(key_id: Id, user: CurrentUser, session: Session) -> Any:
-        row = await users.revoke_key(session=session, user_id=user.id, key_id=key_id, actor=_actor(user))
+        row = await users.revoke_key(session=session, user_id=user.id, key_id=key_id, actor=_actor(user), now=_now())
         if row is None:
             raise not_found(f"key {key_id}")
         await session.commit()
@@ -185,7 +258,12 @@ def create_router(service) -> APIRouter:
             account = await accounts.get_account(session=session, owner_id=user.id, account_id=account_id)
         except accounts.AccountNotFound:
             raise not_found(f"account {account_id}") from None
-        changed = await accounts.update_account(session=session, account=account, values=body.model_dump(exclude_unset=True), actor=_actor(user))
+        values = body.model_dump(exclude_unset=True)
+        if account.broker == "mt5":
+            for name in ("login", "server"):
+                if name in values and not values[name]:
+                    raise unprocessable(name, f"an mt5 account needs a {name}: give one, or leave the field out")
+        changed = await accounts.update_account(session=session, account=account, values=values, actor=_actor(user))
         await session.commit()
         if changed:
             await service.refresh_plan_quietly()  # is_active and the symbol suffix shape the plan
@@ -212,7 +290,10 @@ def create_router(service) -> APIRouter:
     @router.post("/bots", response_model=BotPublic, status_code=201, responses=CONFLICT, tags=["bots"])
     async def create_bot(body: BotCreate, user: CurrentUser, session: Session) -> Any:
         try:
-            bot = await bots.create_bot(session=session, owner_id=user.id, values=body.model_dump(exclude_unset=True), actor=_actor(user))
+            bot = await bots.create_bot(
+                session=session, owner_id=user.id, values=body.model_dump(exclude_unset=True), actor=_actor(user), now=_now(),
+                served=await _served(),
+            )
         except bots.BotSetupError as exc:
             raise unprocessable(exc.field or "body", str(exc)) from None
         except bots.BotConflict as exc:
@@ -229,7 +310,9 @@ def create_router(service) -> APIRouter:
     async def update_bot(bot_id: Id, body: BotUpdate, user: CurrentUser, session: Session) -> Any:
         bot = await _bot(session, user, bot_id)
         try:
-            changed = await bots.update_bot(session=session, bot=bot, values=body.model_dump(exclude_unset=True), actor=_actor(user))
+            values = body.model_dump(exclude_unset=True)
+            served = await _served() if values.get("symbol") not in (None, bot.symbol) else None
+            changed = await bots.update_bot(session=session, bot=bot, values=values, actor=_actor(user), now=_now(), served=served)
         except bots.BotSetupError as exc:
             raise unprocessable(exc.field or "body", str(exc)) from None
         except bots.BotConflict as exc:
@@ -243,7 +326,7 @@ def create_router(service) -> APIRouter:
     async def delete_bot(bot_id: Id, user: CurrentUser, session: Session) -> None:
         bot = await _bot(session, user, bot_id)
         try:
-            await bots.delete_bot(session=session, bot=bot, actor=_actor(user))
+            await bots.delete_bot(session=session, bot=bot, actor=_actor(user), now=_now())
         except bots.BotConflict as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         await session.commit()
@@ -254,7 +337,7 @@ def create_router(service) -> APIRouter:
         bot = await _bot(session, user, bot_id)
         if bot.status == "killed":
             return _bot_public(bot)  # a killed bot stays killed until a person resumes it
-        if bots.set_status(session=session, bot=bot, status="paused", reason=f"paused by {_actor(user)}", actor=_actor(user)):
+        if bots.set_status(session=session, bot=bot, status="paused", reason=f"paused by {_actor(user)}", actor=_actor(user), now=_now()):
             await session.commit()
             await service.refresh_plan_quietly()
         return _bot_public(bot)
@@ -263,10 +346,11 @@ def create_router(service) -> APIRouter:
     async def resume_bot(bot_id: Id, user: CurrentUser, session: Session) -> Any:
         bot = await _bot(session, user, bot_id)
         was_killed = bot.status == "killed"
-        if bots.set_status(session=session, bot=bot, status="active", reason="", actor=_actor(user)):
+        now = _now()
+        if bots.set_status(session=session, bot=bot, status="active", reason="", actor=_actor(user), now=now):
             rows = []
             if was_killed:
-                bot.kill_switch_reset_at = service.clock.now()
+                bot.kill_switch_reset_at = now
                 # lift the executor's block on the bot's orders
                 resume = ExecutorCommand(command="resume_bot", account_id=bot.account_id, bot_id=bot.id, reason="resume")
                 rows = await outgoing.enqueue_commands(session=session, commands=[resume])
@@ -404,18 +488,7 @@ def _position_public(d, strategy) -> PositionPublic:
     )
 
 
-async def _validation_without_secrets(request: Request, exc: RequestValidationError):
-    """FastAPI's 422, except that a refused password is not echoed back (it is write-only, even when wrong)."""
-    errors = []
-    for error in exc.errors():
-        if "password" in error.get("loc", ()):
-            error = {k: v for k, v in error.items() if k not in ("input", "ctx")}
-        errors.append(error)
-    return await request_validation_exception_handler(request, RequestValidationError(errors, body=None))
-
-
-def mount(app: FastAPI, service, *, prefix: str = "/api/v1") -> None:
+def mount(app: FastAPI, service, *, prefix: str = "/api/v1", served_symbols: ServedSymbols | None = None) -> None:
     """Mount the public API on `app` (the embedded app, or the decision service's own)."""
     app.state.decision = service
-    app.add_exception_handler(RequestValidationError, _validation_without_secrets)
-    app.include_router(create_router(service), prefix=prefix)
+    app.include_router(create_router(service, served_symbols=served_symbols), prefix=prefix)

@@ -5,7 +5,9 @@ Functions here add and flush; the caller's transaction commits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.decision import audit
 from services.decision.users import create_user, ensure_paper_account
 from shared.db.models import Bot, BrokerAccount, User
-from shared.symbols import UnknownSymbol, get_spec
+from shared.symbols import SymbolSpec, UnknownSymbol, canonical_symbol, get_spec
 from shared.timeutil import utcnow
 
 ENGINE_MODES = ("scalper", "harami")
@@ -126,6 +128,28 @@ def validate_strategy_params(engine_mode: str, enabled: Sequence[str], params: d
     return params
 
 
+def check_volume(spec: SymbolSpec, volume: float, field: str = "default_qty") -> None:
+    """A volume a person entered lies within the symbol's volume_min and volume_max, on its volume_step (volumes the
+    engine computes are rounded to the step instead: SymbolSpec.round_volume)."""
+    steps = volume / spec.volume_step
+    on_step = math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-6)
+    if not (spec.volume_min - 1e-9 <= volume <= spec.volume_max + 1e-9) or not on_step:
+        raise BotSetupError(
+            f"{field} {volume:g}: {spec.name} takes {spec.volume_min:g} to {spec.volume_max:g} lots in steps of {spec.volume_step:g}",
+            field,
+        )
+
+
+def check_served(symbol: str, suffix: str | None, served: Collection[str] | None) -> None:
+    """The symbol is one the feed serves (`served`: its canonical names; None: any symbol with a spec, as with the mt5
+    feed, whose broker sessions serve what the bots ask for)."""
+    if served is None:
+        return
+    name = canonical_symbol(symbol, suffix)
+    if name not in served:
+        raise BotSetupError(f"symbol {symbol!r}: the feed serves {', '.join(sorted(served)) or 'nothing'} (GET /api/v1/symbols)", "symbol")
+
+
 def _snapshot(bot: Bot) -> dict:
     return {name: getattr(bot, name) for name in _SHOWN}
 
@@ -136,16 +160,18 @@ async def setup_bot(
     user_id: int,
     account_id: int,
     symbol: str,
-    auto_trade: bool,
+    auto_trade: bool | None = None,
     strategies: Sequence[str] | None = None,
     engine_mode: str = "scalper",
     actor: str = "cli",
+    now: datetime | None = None,
 ) -> Bot:
     """Create or update the user's bot for (account, symbol, engine_mode).
 
-    A new bot gets the seed's risk defaults. An existing one gets the engine's timeframe, the strategies
-    (all of the engine's when `strategies` is None, as the seed did) and `auto_trade`; its risk settings and
-    its status are kept (a killed bot stays killed until a person resumes it).
+    A new bot gets the seed's risk defaults, every strategy of the engine unless `strategies` names some, and
+    auto-trading only when `auto_trade` is true. An existing one changes only in what is given (`strategies`,
+    `auto_trade`; None leaves it as it is); its risk settings and its status are kept (a killed bot stays killed
+    until a person resumes it).
     """
     if engine_mode not in ENGINE_MODES:
         raise BotSetupError(f"engine_mode {engine_mode!r}: use one of {', '.join(ENGINE_MODES)}")
@@ -167,7 +193,7 @@ async def setup_bot(
 
     stmt = select(Bot).where(Bot.user_id == user_id, Bot.account_id == account_id, Bot.symbol == symbol, Bot.engine_mode == engine_mode)
     bot = (await session.execute(stmt)).scalar_one_or_none()
-    now = utcnow()
+    now = now or utcnow()
     if bot is not None and bot.deleted_at is not None:
         # A deleted bot keeps its history under its id; its identity goes to a new bot, as POST /bots does.
         await _release_identity(session=session, bot=bot)
@@ -181,7 +207,7 @@ async def setup_bot(
             symbol=symbol,
             default_timeframe=ENGINE_TIMEFRAMES[engine_mode],
             enabled_strategies=enabled,
-            auto_trade=auto_trade,
+            auto_trade=bool(auto_trade),
             status="active",
             created_at=now,
             updated_at=now,
@@ -198,13 +224,17 @@ async def setup_bot(
             actor=actor,
             message=f"bot created: {engine_mode} {symbol}",
             after=_snapshot(bot),
+            at=now,
         )
         return bot
 
     before = _snapshot(bot)
-    bot.default_timeframe = ENGINE_TIMEFRAMES[engine_mode]
-    bot.enabled_strategies = enabled
-    bot.auto_trade = auto_trade
+    if strategies is not None:
+        bot.enabled_strategies = enabled
+        # overrides of strategies no longer enabled would be refused by the next PATCH: drop them
+        bot.strategy_params = {k: v for k, v in (bot.strategy_params or {}).items() if k in enabled}
+    if auto_trade is not None:
+        bot.auto_trade = auto_trade
     after = _snapshot(bot)
     if after != before:
         bot.updated_at = now
@@ -219,6 +249,7 @@ async def setup_bot(
             message=f"bot updated: {', '.join(changed)}",
             before={k: before[k] for k in changed},
             after={k: after[k] for k in changed},
+            at=now,
         )
     await session.flush()
     return bot
@@ -255,7 +286,7 @@ def _state(bot: Bot) -> dict:
     return {name: getattr(bot, name) for name in (*EDITABLE, "engine_mode", "status", "status_reason")}
 
 
-def _audit_change(*, session: AsyncSession, bot: Bot, before: dict, actor: str, what: str) -> list[str]:
+def _audit_change(*, session: AsyncSession, bot: Bot, before: dict, actor: str, what: str, now: datetime | None = None) -> list[str]:
     after = _state(bot)
     changed = [k for k in after if after[k] != before[k]]
     if changed:
@@ -269,6 +300,7 @@ def _audit_change(*, session: AsyncSession, bot: Bot, before: dict, actor: str, 
             message=f"bot {what}: {', '.join(changed)}",
             before={k: before[k] for k in changed},
             after={k: after[k] for k in changed},
+            at=now,
         )
     return changed
 
@@ -281,12 +313,14 @@ async def get_bot(*, session: AsyncSession, owner_id: int, bot_id: int) -> Bot:
     return bot
 
 
-async def _check_symbol(*, session: AsyncSession, account_id: int, symbol: str) -> None:
+async def _check_symbol(*, session: AsyncSession, account_id: int, symbol: str, served: Collection[str] | None) -> SymbolSpec:
     account = await session.get(BrokerAccount, account_id)
     try:
-        get_spec(symbol, account.symbol_suffix)
+        spec = get_spec(symbol, account.symbol_suffix)
     except UnknownSymbol as exc:
         raise BotSetupError(str(exc), "symbol") from None
+    check_served(symbol, account.symbol_suffix, served)
+    return spec
 
 
 async def _check_identity_free(*, session: AsyncSession, bot: Bot) -> None:
@@ -308,17 +342,23 @@ async def _release_identity(*, session: AsyncSession, bot: Bot) -> None:
     await session.flush()
 
 
-async def create_bot(*, session: AsyncSession, owner_id: int, values: dict, actor: str) -> Bot:
-    """A new bot from the API's fields (validated like `setup_bot`); seed defaults for whatever is not given."""
+async def create_bot(
+    *, session: AsyncSession, owner_id: int, values: dict, actor: str, now: datetime | None = None, served: Collection[str] | None = None
+) -> Bot:
+    """A new bot from the API's fields (validated like `setup_bot`); seed defaults for whatever is not given.
+
+    `now` is the service clock's time (the route's), `served` the symbols the feed serves (None: any with a spec)."""
     account = await session.get(BrokerAccount, values["account_id"])
     if account is None or account.user_id != owner_id:
         raise BotSetupError(f"you have no broker account {values['account_id']}; list yours with GET /api/v1/accounts", "account_id")
     engine_mode = values.get("engine_mode") or "scalper"
     symbol = values["symbol"].strip()
-    await _check_symbol(session=session, account_id=account.id, symbol=symbol)
+    spec = await _check_symbol(session=session, account_id=account.id, symbol=symbol, served=served)
+    if values.get("default_qty") is not None:
+        check_volume(spec, values["default_qty"])
     enabled = validate_strategies(engine_mode, values.get("enabled_strategies"))
     params = validate_strategy_params(engine_mode, enabled, values.get("strategy_params"))
-    now = utcnow()
+    now = now or utcnow()
     fields = {**SEED_RISK, "auto_trade": False}
     fields.update({k: v for k, v in values.items() if k in EDITABLE and v is not None})
     fields.update(
@@ -336,16 +376,23 @@ async def create_bot(*, session: AsyncSession, owner_id: int, values: dict, acto
     await session.flush()
     audit.record(
         session=session, kind="bot", entity_id=bot.id, user_id=owner_id, bot_id=bot.id, actor=actor,
-        message=f"bot created: {engine_mode} {symbol}", after=_state(bot),
+        message=f"bot created: {engine_mode} {symbol}", after=_state(bot), at=now,
     )
     return bot
 
 
-async def update_bot(*, session: AsyncSession, bot: Bot, values: dict, actor: str) -> list[str]:
+async def update_bot(
+    *, session: AsyncSession, bot: Bot, values: dict, actor: str, now: datetime | None = None, served: Collection[str] | None = None
+) -> list[str]:
     """Apply the given fields (None clears only max_spread_pips; elsewhere it means "leave as is"); return what changed."""
     before = _state(bot)
-    if values.get("symbol") is not None and values["symbol"] != bot.symbol:
-        await _check_symbol(session=session, account_id=bot.account_id, symbol=values["symbol"])
+    new_symbol = values.get("symbol") is not None and values["symbol"] != bot.symbol
+    if new_symbol or values.get("default_qty") is not None:
+        symbol = values["symbol"] if new_symbol else bot.symbol
+        spec = await _check_symbol(session=session, account_id=bot.account_id, symbol=symbol, served=served if new_symbol else None)
+        qty = values["default_qty"] if values.get("default_qty") is not None else bot.default_qty
+        check_volume(spec, qty)
+    if new_symbol:
         bot.symbol = values["symbol"]
         await _check_identity_free(session=session, bot=bot)
     if values.get("enabled_strategies") is not None:
@@ -361,9 +408,10 @@ async def update_bot(*, session: AsyncSession, bot: Bot, values: dict, actor: st
         if values[name] is None and name != "max_spread_pips":
             continue
         setattr(bot, name, values[name])
-    changed = _audit_change(session=session, bot=bot, before=before, actor=actor, what="updated")
+    now = now or utcnow()
+    changed = _audit_change(session=session, bot=bot, before=before, actor=actor, what="updated", now=now)
     if changed:
-        bot.updated_at = utcnow()
+        bot.updated_at = now
     await session.flush()
     return changed
 
@@ -380,27 +428,30 @@ async def has_open_trades(*, session: AsyncSession, bot: Bot) -> bool:
     return (await session.execute(stmt.limit(1))).first() is not None
 
 
-async def delete_bot(*, session: AsyncSession, bot: Bot, actor: str) -> None:
+async def delete_bot(*, session: AsyncSession, bot: Bot, actor: str, now: datetime | None = None) -> None:
     """Retire the bot (its signals, decisions and audit rows stay); refused while it has open positions or orders."""
     if await has_open_trades(session=session, bot=bot):
         raise BotConflict(f"bot {bot.id} has open positions or orders: POST /api/v1/bots/{bot.id}/kill closes them, then delete it")
     before = _state(bot)
-    bot.deleted_at = utcnow()
+    bot.deleted_at = now or utcnow()
     bot.auto_trade = False
     bot.status, bot.status_reason = "paused", "deleted"
     bot.updated_at = bot.deleted_at
     audit.record(
         session=session, kind="bot", entity_id=bot.id, user_id=bot.user_id, bot_id=bot.id, actor=actor,
-        message=f"bot deleted: {bot.engine_mode} {bot.symbol}", before=before,
+        message=f"bot deleted: {bot.engine_mode} {bot.symbol}", before=before, at=bot.deleted_at,
     )
     await session.flush()
 
 
-def set_status(*, session: AsyncSession, bot: Bot, status: str, reason: str, actor: str) -> bool:
-    """Pause or resume a bot (kill goes through killswitch.stop_bot); return whether anything changed."""
+def set_status(*, session: AsyncSession, bot: Bot, status: str, reason: str, actor: str, now: datetime | None = None) -> bool:
+    """Pause or resume a bot (kill goes through killswitch.stop_bot); return whether anything changed.
+
+    `now` is the service clock's time, as kill's is, so `updated_at` and the audit row agree with the kill's."""
+    now = now or utcnow()
     before = _state(bot)
     bot.status, bot.status_reason = status, reason
-    changed = _audit_change(session=session, bot=bot, before=before, actor=actor, what=status if status != "active" else "resumed")
+    changed = _audit_change(session=session, bot=bot, before=before, actor=actor, what=status if status != "active" else "resumed", now=now)
     if changed:
-        bot.updated_at = utcnow()
+        bot.updated_at = now
     return bool(changed)

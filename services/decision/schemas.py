@@ -9,7 +9,7 @@ import re
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.decision.risk import parse_trading_hours
 
@@ -20,6 +20,15 @@ BotStatus = Literal["active", "paused", "killed"]
 SlTpMode = Literal["strategy", "fixed_pips"]
 SERVER_TIME_RE = re.compile(r"^(utc|us_dst|[+-]?\d{1,2}(\.5)?)$")
 SECRET_REF_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/.+)$")
+
+# Bounds of what a person may enter (docs/security.md, "Values"): wide enough for any real account or bot, narrow
+# enough that a typo (or a fuzzer's 5e-324) is refused instead of stored. A bot's volume is further checked against
+# its symbol's volume_min, volume_max and volume_step (services/decision/bots.py).
+MAX_LEVERAGE = 5000.0  # the largest retail leverage offered (1:3000 and "unlimited" aside)
+MAX_ACCOUNT_VOLUME = 1000.0  # lots; the shipped specs' volume_max is 100
+MIN_VOLUME = 0.01
+MAX_PIPS = 5000.0  # 500 USD on gold, 0.5 on EURUSD, 50 yen on USDJPY
+MAX_SPREAD_PIPS = 1000.0
 
 
 class Input(BaseModel):
@@ -97,11 +106,21 @@ class AccountCreate(Input):
     currency: str = Field(default="USD", min_length=3, max_length=8)
     is_demo: bool = True
     is_active: bool = True
-    leverage: float = Field(default=100.0, gt=0, le=10_000)
-    max_volume: float | None = Field(default=None, gt=0)
+    leverage: float = Field(default=100.0, ge=1, le=MAX_LEVERAGE, description="1 to 5000 (1:N)")
+    max_volume: float | None = Field(default=None, ge=MIN_VOLUME, le=MAX_ACCOUNT_VOLUME, description="lots, 0.01 to 1000: caps every order")
 
     _check_server_time = field_validator("server_time")(_server_time)
     _check_password = field_validator("password")(_password)
+
+    @model_validator(mode="after")
+    def _mt5_needs_credentials(self):
+        if self.broker == "mt5":
+            missing = [name for name in ("login", "server", "password") if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    f"an mt5 account needs login, server and password (the value, env:NAME or file:/path); missing: {', '.join(missing)}"
+                )
+        return self
 
 
 class AccountUpdate(Input):
@@ -114,8 +133,8 @@ class AccountUpdate(Input):
     margin_mode: Literal["netting", "hedging"] | None = None
     is_demo: bool | None = None
     is_active: bool | None = None
-    leverage: float | None = Field(default=None, gt=0, le=10_000)
-    max_volume: float | None = Field(default=None, gt=0)
+    leverage: float | None = Field(default=None, ge=1, le=MAX_LEVERAGE, description="1 to 5000 (1:N)")
+    max_volume: float | None = Field(default=None, ge=MIN_VOLUME, le=MAX_ACCOUNT_VOLUME, description="lots, 0.01 to 1000; null: no cap")
 
     _check_server_time = field_validator("server_time")(_server_time)
     _check_password = field_validator("password")(_password)
@@ -157,18 +176,20 @@ class BotSettings(Input):
     default_timeframe: Literal["1m", "5m"] | None = None
     enabled_strategies: list[str] | None = Field(default=None, description="names from GET /strategies")
     strategy_params: dict[str, dict[str, Any]] | None = Field(default=None, description="per-strategy parameter overrides")
-    default_qty: float | None = Field(default=None, gt=0, le=100)
-    default_sl_pips: float | None = Field(default=None, gt=0, le=100_000)
-    default_tp_pips: float | None = Field(default=None, gt=0, le=100_000)
+    default_qty: float | None = Field(
+        default=None, ge=MIN_VOLUME, le=100, description="lots: within the symbol's volume_min and volume_max, on its volume_step (GET /symbols)"
+    )
+    default_sl_pips: float | None = Field(default=None, ge=0.1, le=MAX_PIPS)
+    default_tp_pips: float | None = Field(default=None, ge=0.1, le=MAX_PIPS)
     decision_min_score: float | None = Field(default=None, ge=0, le=1)
     risk_max_concurrent_positions: int | None = Field(default=None, ge=0, le=1000)
     risk_max_per_symbol: int | None = Field(default=None, ge=0, le=1000)
     max_trades_per_day: int | None = Field(default=None, ge=0, le=100_000)
     kill_switch_enabled: bool | None = None
-    kill_switch_max_daily_loss_pct: float | None = Field(default=None, gt=0, le=100)
+    kill_switch_max_daily_loss_pct: float | None = Field(default=None, ge=0.01, le=100)
     sl_tp_mode: SlTpMode | None = None
     auto_trade: bool | None = None
-    max_spread_pips: float | None = Field(default=None, gt=0, le=100_000)
+    max_spread_pips: float | None = Field(default=None, ge=0.1, le=MAX_SPREAD_PIPS)
     trading_hours: str | None = Field(
         default=None,
         max_length=16,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,10 +28,11 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-async def issue_api_key(*, session: AsyncSession, user_id: int) -> tuple[ApiKey, str]:
-    """Make a new key for the user; return its row and the key itself (which is not stored)."""
+async def issue_api_key(*, session: AsyncSession, user_id: int, now: datetime | None = None) -> tuple[ApiKey, str]:
+    """Make a new key for the user; return its row and the key itself (which is not stored). `now`: the service clock's."""
     api_key = secrets.token_urlsafe(32)
-    row = ApiKey(user_id=user_id, prefix=api_key[:KEY_PREFIX_CHARS], key_hash=hash_api_key(api_key))
+    now = now or utcnow()
+    row = ApiKey(user_id=user_id, prefix=api_key[:KEY_PREFIX_CHARS], key_hash=hash_api_key(api_key), created_at=now)
     session.add(row)
     await session.flush()
     audit.record(
@@ -39,6 +42,7 @@ async def issue_api_key(*, session: AsyncSession, user_id: int) -> tuple[ApiKey,
         user_id=user_id,
         actor=f"user:{user_id}",
         message=f"api key {row.prefix}... issued",
+        at=now,
     )
     return row, api_key
 
@@ -109,14 +113,15 @@ async def ensure_paper_account(*, session: AsyncSession, user_id: int) -> Broker
     return account
 
 
-async def revoke_key(*, session: AsyncSession, user_id: int, key_id: int, actor: str) -> ApiKey | None:
+async def revoke_key(*, session: AsyncSession, user_id: int, key_id: int, actor: str, now: datetime | None = None) -> ApiKey | None:
     """Revoke one of the user's keys (again is a no-op); None when the user has no key with this id."""
     row = await session.get(ApiKey, key_id)
     if row is None or row.user_id != user_id:
         return None
     if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        audit.record(session=session, kind="key", entity_id=row.id, user_id=user_id, actor=actor, message=f"api key {row.prefix}... revoked")
+        row.revoked_at = now or utcnow()
+        audit.record(session=session, kind="key", entity_id=row.id, user_id=user_id, actor=actor,
+                     message=f"api key {row.prefix}... revoked", at=row.revoked_at)
         await session.flush()
     return row
 

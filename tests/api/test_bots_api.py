@@ -134,7 +134,8 @@ async def test_account_validation_says_what_to_write(api, alice):
     assert answer.status_code == 422 and "us_dst" in answer.json()["detail"][0]["msg"]
     answer = await api.client.post("/api/v1/accounts", json={"password": "env:"}, headers=alice.headers)
     assert answer.status_code == 422 and "env:NAME" in answer.json()["detail"][0]["msg"]
-    answer = await api.client.post("/api/v1/accounts", json={"server_time": "+2", "broker": "mt5"}, headers=alice.headers)
+    mt5 = {"broker": "mt5", "login": "5001", "server": "Broker-Demo", "password": "env:MT5_PASSWORD"}
+    answer = await api.client.post("/api/v1/accounts", json={"server_time": "+2", **mt5}, headers=alice.headers)
     assert answer.status_code == 201 and answer.json()["server_time"] == "+2"
 
 
