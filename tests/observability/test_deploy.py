@@ -23,7 +23,8 @@ DEPLOY = REPO_ROOT / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"
 FIELDS = {f"SCALPER_{name.upper()}" for name in Settings.model_fields}
-INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
+REQUIRED_SECRETS = {"RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SCALPER_SERVICE_TOKEN", "SCALPER_SECRET_KEY"}
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,9 @@ def _option(command: list[str], flag: str) -> str | None:
 
 
 def _resolve(value: str) -> str:
-    """Compose interpolation with the defaults written in the file (`${VAR:-default}`)."""
-    return INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+    """Compose interpolation with the defaults written in the file (`${VAR:-default}`); a required one (`${VAR:?why}`)
+    as the value an operator would set."""
+    return INTERPOLATION.sub(lambda m: f"set-{m.group(1).lower()}" if m.group(2) == "?" else (m.group(3) or ""), value)
 
 
 def test_each_service_runs_scalper_serve_on_its_default_port(scalper_services):
@@ -235,3 +237,47 @@ def test_promtool_accepts_the_prometheus_config(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _host_ports(svc: dict) -> list[tuple[str, str]]:
+    """(host interface, host port) of every port a service publishes ("" for every interface)."""
+    out = []
+    for spec in svc.get("ports") or []:
+        parts = str(spec).split(":")
+        host = parts[0] if len(parts) == 3 else ""
+        out.append((host, parts[-2] if len(parts) > 1 else parts[0]))
+    return out
+
+
+def test_compose_requires_its_secrets_from_the_environment():
+    text = COMPOSE.read_text()
+    found = {m.group(1): m.group(2) for m in INTERPOLATION.finditer(text) if m.group(1) in REQUIRED_SECRETS}
+    assert set(found) == REQUIRED_SECRETS
+    for m in INTERPOLATION.finditer(text):
+        if m.group(1) in REQUIRED_SECRETS:
+            assert m.group(2) == "?", f"${{{m.group(1)}}} must be required (${{{m.group(1)}:?...}}), not defaulted"
+    assert "scalper:scalper" not in text and "-admin}" not in text
+
+
+def test_compose_publishes_only_the_api_grafana_and_the_documented_management_uis(compose):
+    published = {name: _host_ports(svc) for name, svc in compose["services"].items() if svc.get("ports")}
+    everywhere = {(name, port) for name, ports in published.items() for host, port in ports if host in ("", "0.0.0.0")}
+    assert everywhere == {("decision", "8000"), ("grafana", "3000")}
+    loopback = {(name, port) for name, ports in published.items() for host, port in ports if host == "127.0.0.1"}
+    assert loopback <= {("prometheus", "9090"), ("rabbitmq", "15672"), ("jaeger", "16686")}
+    header = COMPOSE.read_text().split("\nx-scalper-image")[0]
+    for _, port in loopback:
+        assert f"127.0.0.1:{port}" in header, f"the header documents the management UI on {port}"
+    for internal in ("postgres", "market-data", "strategy", "executor", "executor-standby", "otel-collector"):
+        assert internal not in published, f"{internal} must not be published on the host"
+    assert "5672" not in [port for _, port in _host_ports(compose["services"]["rabbitmq"])]
+
+
+def test_prometheus_runs_without_the_lifecycle_api(compose):
+    assert not any("enable-lifecycle" in str(arg) for arg in compose["services"]["prometheus"]["command"])
+
+
+def test_compose_gives_the_first_run_steps_of_a_distributed_install():
+    header = COMPOSE.read_text().split("\nx-scalper-image")[0]
+    for step in ("user create", "POST /api/v1/accounts", "bot setup"):
+        assert step in header.replace("-X POST localhost:8000/api/v1/accounts", "POST /api/v1/accounts"), step

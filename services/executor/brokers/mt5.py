@@ -767,18 +767,11 @@ class MT5Broker:
 
 
 def resolve_secret(ref: str | None) -> str | None:
-    """A `password_ref` as broker_accounts stores it: `env:NAME`, `file:PATH`, or the value itself."""
-    if not ref:
-        return None
-    if ref.startswith("env:"):
-        import os
+    """A `password_ref` as broker_accounts stores it: `enc:v1:...` (sealed with SCALPER_SECRET_KEY), `env:NAME`,
+    `file:PATH`, or a legacy clear value (shared/secrets.py)."""
+    from shared.secrets import open_secret
 
-        return os.environ.get(ref[4:])
-    if ref.startswith("file:"):
-        from pathlib import Path
-
-        return Path(ref[5:]).read_text(encoding="utf-8").strip()
-    return ref
+    return open_secret(ref)
 
 
 def broker_for_account(account, *, settings, clock: Clock, connect: Callable[[], Any] | None = None) -> MT5Broker:
