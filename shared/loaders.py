@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from shared.bars import FIELDS, Bars, bar_problem
+from shared.bars import Bars
+from shared.sanity import check_bars
+from shared.settings import get_settings
 from shared.timeutil import from_epoch, server_to_utc
-
-_NO_TIME = np.iinfo(np.int64).min
 
 
 class UnknownFormat(ValueError):
@@ -67,36 +67,13 @@ class LoadResult:
 # --- validation shared with the feeds ----------------------------------------------------------------------
 
 
-def validate_bars(bars: Bars, *, previous_time: int | None = None) -> tuple[Bars, list[tuple[int, str]]]:
-    """Split `bars` into the sound ones and (index, reason) for each rejected one, reasons from `bar_problem`.
-
-    Vectorised: `bar_problem` runs only on the rows the array checks flag, with the time of the last accepted bar
-    as `previous_time` (so a duplicate or backwards bar is refused, never the good bar before it).
-    """
-    o, h, lo, c, t = bars.open, bars.high, bars.low, bars.close, bars.time
-    price_ok = (
-        np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
-        & (o > 0) & (h > 0) & (lo > 0) & (c > 0)
-        & (h >= lo) & (h >= np.maximum(o, c)) & (lo <= np.minimum(o, c))
-    )
-    # A price-sound bar whose time is not after the last accepted one is refused; such a bar never raises the
-    # running maximum, so the maximum over all price-sound bars is the last accepted time.
-    start = _NO_TIME if previous_time is None else previous_time
-    running = np.maximum.accumulate(np.where(price_ok, t, _NO_TIME)) if len(t) else t
-    previous = np.maximum(np.concatenate(([start], running[:-1])), start) if len(t) else t
-    ok = price_ok & (t > previous)
-    rejected = []
-    for i in np.flatnonzero(~ok):
-        prev = None if previous[i] == _NO_TIME else int(previous[i])
-        reason = bar_problem(time=int(t[i]), open=float(o[i]), high=float(h[i]), low=float(lo[i]), close=float(c[i]), previous_time=prev)
-        rejected.append((int(i), reason or "invalid"))
-    if not rejected:
-        return bars, []
-    return _take(bars, ok), rejected
-
-
-def _take(bars: Bars, mask: np.ndarray) -> Bars:
-    return Bars(*(getattr(bars, f)[mask] for f in FIELDS))
+def validate_bars(
+    bars: Bars, *, previous_time: int | None = None, max_atr: float | None = None
+) -> tuple[Bars, list[tuple[int, str]]]:
+    """Split `bars` into the sound ones and (index, reason) for each rejected one: `shared.sanity.check_bars`, the one
+    price-sanity rule, with the outlier limit `max_atr` (None: SCALPER_BAR_SANITY_ATR; math.inf: no outlier test)."""
+    checked = check_bars(bars, max_atr=get_settings().bar_sanity_atr if max_atr is None else max_atr, previous_time=previous_time)
+    return checked.bars, checked.rejected
 
 
 # --- formats -----------------------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ strategy_errors_total = Counter("strategy_errors_total", "Strategy evaluations t
 dead_letters_total = Counter("dead_letters_total", "Messages dead-lettered", ["queue", "reason"])
 unknown_fields_total = Counter("message_unknown_fields_total", "Fields ignored from a newer minor schema", ["type"])
 bars_rejected_total = Counter("bars_rejected_total", "Bars refused by the feed validation", ["symbol", "reason"])
+bars_repaired_total = Counter(
+    "bars_repaired_total", "Bars the feed validation repaired, not refused (price_digits: prices rounded to the symbol's digits)",
+    ["symbol", "reason"],
+)
 bar_windows_published_total = Counter("bar_windows_published_total", "BarWindows published by market data", ["symbol"])
 
 publish_latency_seconds = Histogram("bus_publish_latency_seconds", "Time to publish (confirmed)", ["exchange"], buckets=LATENCY_BUCKETS)

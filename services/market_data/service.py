@@ -1,7 +1,7 @@
 """The market-data service: keeps the latest ScanPlan, runs the scan clock, and publishes a BarWindow per planned symbol.
 
-Each scan fetches the closed bars of every planned symbol from the feed, refuses bad bars (counted and logged),
-attaches the previous broker day's levels, and publishes only what changed. A symbol whose feed stops while the
+Each scan fetches the closed bars of every planned symbol from the feed, refuses bad bars (shared.sanity: counted
+and logged; prices rounded to the symbol's digits are counted as repaired), attaches the previous broker day's levels, and publishes only what changed. A symbol whose feed stops while the
 market is open is paused (no orders on old prices) until bars return.
 """
 
@@ -16,22 +16,26 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.market_data.feeds.base import BAR_SECONDS, Feed, PlanFollower
+from shared import symbols
 from shared.bars import Bars
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery
 from shared.levels import previous_day_levels, trading_day_start
-from shared.loaders import validate_bars
 from shared.logging import get_logger
 from shared.messages import BarColumns, BarWindow, InvalidMessage, Levels, Message, PlanSymbol, ScanPlan
-from shared.metrics import bar_windows_published_total, bars_rejected_total, feed_stale, scan_cycle_seconds
+from shared.metrics import bar_windows_published_total, bars_rejected_total, bars_repaired_total, feed_stale, scan_cycle_seconds
+from shared.sanity import BAR_REASONS, WARMUP, BarCheck, check_bars
 from shared.settings import Settings
 from shared.symbols import UnknownSymbol, canonical_symbol
-from shared.timeutil import Clock, floor_minute, from_epoch
+from shared.timeutil import Clock, floor_minute, from_epoch, to_epoch
 
 log = get_logger("services.market_data")
 
 # Extra bars fetched beyond the window, so a few refused bars do not shorten it.
 REJECT_MARGIN = 20
+# And the bars the sanity rule's ATR needs before the oldest bar kept (shared.sanity.WARMUP): every bar of a
+# published window is judged against the 14 accepted bars before it, as the loaders and the backtester judge it.
+SANITY_HISTORY = WARMUP + 1
 # Bars fetched once per trading day to compute its levels: two folded trading days (a Monday holds the weekend).
 LEVELS_HISTORY_BARS = 5 * 1440
 ALIGNED_DELAY = timedelta(seconds=1)
@@ -48,6 +52,8 @@ class SymbolState:
     stale: bool = False
     published: tuple[int, PlanSymbol] | None = None  # (newest bar time, plan entry) of the last window published
     rejected_seen: set[int] = field(default_factory=set)  # bar times whose refusal was already counted
+    repaired_seen: set[int] = field(default_factory=set)  # bar times whose repair was already counted
+    refused_newest: tuple[int, str] | None = None  # (time, reason) of the newest bar the last scan refused
     levels_day: datetime | None = None
     levels: Levels | None = None
     error: str | None = None  # the feed's last failure on this symbol (logged once), None once it serves again
@@ -74,10 +80,12 @@ class MarketDataService:
         self._server_time = getattr(feed, "server_time", "utc")
         # A feed that serves what the plan names (mt5) is handed each plan this service keeps.
         self._plan_follower: PlanFollower | None = feed if isinstance(feed, PlanFollower) else None
+        self._digits: dict[str, int | None] = {}
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._count_file_refusals()
         self._consumer = await self._bus.consume(topology.plan_queue(self._instance), self.on_plan_queue)
         self._task = asyncio.create_task(self._scan_loop(), name=f"market_data:{self._instance}:scan")
         self._started = True
@@ -192,7 +200,7 @@ class MarketDataService:
     async def _scan_symbol(self, entry: PlanSymbol, state: SymbolState, now: datetime) -> BarWindow | None:
         symbol = entry.symbol
         size = max(entry.lookback, self._settings.lookback_bars)
-        raw = await _resolve(self.feed.closed_bars(symbol, until=now, count=size + REJECT_MARGIN))
+        raw = await _resolve(self.feed.closed_bars(symbol, until=now, count=size + REJECT_MARGIN + SANITY_HISTORY))
         bars = self._refuse_bad_bars(symbol, raw, state)
         bars = bars[max(0, len(bars) - size):]
         newest = int(bars.time[-1]) if len(bars) else None
@@ -203,6 +211,9 @@ class MarketDataService:
         if not market_open:
             state.watch_from = now  # no bars expected: staleness starts counting when the market reopens
         if self._check_stale(symbol, state, now, closed_through, market_open=market_open):
+            refused = state.refused_newest
+            if refused is not None and (closed_through is None or refused[0] >= to_epoch(closed_through)):
+                state.detail = f"{state.detail}; the newer bars are refused (newest {from_epoch(refused[0]).isoformat()}: {refused[1]})"
             return None
         if closed_through is None or now - closed_through > timedelta(minutes=self._settings.stale_after_min):
             # Nothing recent enough to trade on: the market is closed, or bars are late but not yet stale.
@@ -248,9 +259,37 @@ class MarketDataService:
         else:
             state.state, state.detail = "error", error
 
+    def _check(self, symbol: str, bars: Bars) -> BarCheck:
+        """The sanity rule on bars of `symbol`: SCALPER_BAR_SANITY_ATR, and the digits of its spec (the broker's, else
+        the shipped one; a symbol with neither keeps its prices as the feed gives them)."""
+        if symbol not in self._digits:
+            try:
+                spec = symbols.broker_spec(symbol) or symbols.get_spec(symbol)
+            except UnknownSymbol:
+                spec = None
+            self._digits[symbol] = None if spec is None else spec.digits
+        return check_bars(bars, max_atr=self._settings.bar_sanity_atr, digits=self._digits[symbol])
+
+    def _count_file_refusals(self) -> None:
+        """Count, once, the bars a replay file's loader refused (shared.sanity's reasons; rows it could not read as
+        `unparsable`), so a poisoned file shows in bars_rejected_total as a live feed's bad bars do."""
+        rejected = getattr(getattr(self.feed, "load", None), "rejected", None)
+        if not rejected:
+            return
+        symbol = self.feed.symbols()[0]
+        for _line, reason in rejected:
+            bars_rejected_total.labels(symbol=symbol, reason=reason if reason in BAR_REASONS else "unparsable").inc()
+
     def _refuse_bad_bars(self, symbol: str, bars: Bars, state: SymbolState) -> Bars:
-        """Drop bars that fail `bar_problem`; count and log each refused bar once, however many scans see it."""
-        good, rejected = validate_bars(bars)
+        """Drop bars that fail the sanity rule; count and log each refused (or repaired) bar once, however many scans see it."""
+        checked = self._check(symbol, bars)
+        good, rejected = checked.bars, checked.rejected
+        state.refused_newest = (int(bars.time[rejected[-1][0]]), rejected[-1][1]) if rejected else None
+        for i in checked.repaired:
+            bar_time = int(bars.time[i])
+            if bar_time not in state.repaired_seen:
+                state.repaired_seen.add(bar_time)
+                bars_repaired_total.labels(symbol=symbol, reason="price_digits").inc()
         for i, reason in rejected:
             bar_time = int(bars.time[i])
             if bar_time in state.rejected_seen:
@@ -258,9 +297,10 @@ class MarketDataService:
             state.rejected_seen.add(bar_time)
             bars_rejected_total.labels(symbol=symbol, reason=reason).inc()
             log.warning("bar refused", symbol=symbol, bar_time=from_epoch(bar_time).isoformat(), reason=reason, source=self.feed.name)
-        if state.rejected_seen and len(bars):
+        if (state.rejected_seen or state.repaired_seen) and len(bars):
             oldest = int(bars.time[0])
             state.rejected_seen = {t for t in state.rejected_seen if t >= oldest}
+            state.repaired_seen = {t for t in state.repaired_seen if t >= oldest}
         if state.published is not None and len(good) and int(good.time[-1]) < state.published[0]:
             # The feed went back in time: refuse its newer-than-published view rather than publish an older window.
             newest = int(good.time[-1])
@@ -298,7 +338,7 @@ class MarketDataService:
         day = trading_day_start(at, self._server_time)
         if state.levels_day != day:
             history = await _resolve(self.feed.closed_bars(symbol, until=at + timedelta(seconds=BAR_SECONDS), count=LEVELS_HISTORY_BARS))
-            history, _ = validate_bars(history)
+            history = self._check(symbol, history).bars
             state.levels = previous_day_levels(history, at, self._server_time)
             state.levels_day = day
         return state.levels
@@ -316,7 +356,7 @@ class MarketDataService:
     async def recent_bars(self, *, symbol: str, count: int) -> Bars:
         """The last `count` sound closed bars of `symbol` at the clock's time."""
         name = self.resolve_symbol(symbol)
-        raw = await _resolve(self.feed.closed_bars(name, until=self.clock.now(), count=count + REJECT_MARGIN))
-        good, _ = validate_bars(raw)
+        raw = await _resolve(self.feed.closed_bars(name, until=self.clock.now(), count=count + REJECT_MARGIN + SANITY_HISTORY))
+        good = self._check(name, raw).bars
         return good[max(0, len(good) - count):]
 

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from services.market_data.feeds.base import PlanFollower
 from services.market_data.feeds.mt5 import MT5Feed
-from services.market_data.service import MarketDataService
+from services.market_data.service import REJECT_MARGIN, SANITY_HISTORY, MarketDataService
 from shared.bars import Bars
 from shared.bus import topology
 from shared.bus.base import Bus, Delivery, QueueSpec
@@ -275,7 +275,7 @@ async def test_market_data_scans_through_the_executor_and_publishes_a_bar_window
         assert window.source == "mt5" and window.symbol == symbol and window.subscriptions == plan.symbols[0].subscriptions
         assert window.bars.time == executor.closed(150).time.tolist() and window.closed_through == T0
         assert window.levels is not None  # the previous day's, from 7200 bars asked once
-        assert [r.count for r in executor.requests] == [170, 5 * 1440]
+        assert [r.count for r in executor.requests] == [150 + REJECT_MARGIN + SANITY_HISTORY, 5 * 1440]  # the window, its margins
         assert {r.symbol for r in executor.requests} == {f"{symbol}m"}
         assert service.readiness()[1]["symbols"][symbol]["state"] == "ok"
     finally:
