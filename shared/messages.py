@@ -14,6 +14,7 @@ import pydantic_core
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.bars import Bars
+from shared.symbols import SymbolSpec
 from shared.timeutil import utcnow
 
 SCHEMA_VERSION = "1.0"
@@ -123,6 +124,7 @@ class BarWindow(Message):
     source: str
     levels: Levels | None = None
     subscriptions: tuple[Subscription, ...]
+    spec: SymbolSpec | None = Field(default=None, description="the broker's spec of the symbol, when a broker reported one")
 
 
 # --- strategy -> decision ----------------------------------------------------------------------------------
@@ -257,6 +259,7 @@ class AccountSnapshot(Message):
     margin: float
     margin_free: float
     taken_at: AwareDatetime
+    specs: tuple[SymbolSpec, ...] = Field(default=(), description="the specs the account's broker reported (MT5 symbol_info)")
 
 
 # --- market data <-> executor: the rates RPC (feed mt5) ------------------------------------------------------
@@ -286,6 +289,7 @@ class RatesReply(Message):
     bars: BarColumns | None = Field(default=None, description="closed bars, oldest first, times in UTC")
     error: str = ""
     server_time: AwareDatetime | None = Field(default=None, description="the terminal's current time, in UTC, when it answered")
+    spec: SymbolSpec | None = Field(default=None, description="the broker's spec of the symbol (MT5 symbol_info)")
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

@@ -21,6 +21,7 @@ from datetime import datetime
 from shared.bars import Bars
 from shared.bus.base import Bus, Consumer, Delivery, QueueSpec, Unroutable
 from shared.logging import get_logger
+from shared.symbols import learn_spec
 from shared.messages import Message, RatesReply, RatesRequest
 
 log = get_logger(__name__)
@@ -98,6 +99,8 @@ class RatesClient:
                 raise RatesUnavailable(f"no rates answer for {symbol} on account {account_id} within {self._timeout_s}s") from exc
         finally:
             self._waiting.pop(correlation_id, None)
+        if reply.spec is not None:
+            learn_spec(reply.spec)  # the broker's own spec: this process's strategies and windows use it
         if reply.error or reply.bars is None:
             raise RatesUnavailable(reply.error or "empty answer")
         return reply.bars.to_bars()

@@ -118,13 +118,39 @@ DEFAULT_SPECS: dict[str, SymbolSpec] = {
 }
 
 
+# Specs a broker reported (MT5 symbol_info), by canonical instrument: learnt from this process's own MT5 session or
+# from the messages that carry them (RatesReply, BarWindow, AccountSnapshot), they override the shipped defaults, and a
+# symbol missing from the shipped table trades once a broker has described it. One table per process: the pure
+# functions that size, round and convert pips all ask `get_spec`.
+_BROKER_SPECS: dict[str, SymbolSpec] = {}
+
+
+def learn_spec(spec: SymbolSpec) -> None:
+    """Take a broker's spec of an instrument (it overrides the shipped default from now on in this process)."""
+    _BROKER_SPECS[spec.name] = spec
+
+
+def broker_spec(symbol: str, suffix: str | None = None) -> SymbolSpec | None:
+    """The spec a broker reported for this instrument, or None (then only the shipped default, if any, stands)."""
+    return _BROKER_SPECS.get(canonical_symbol(symbol, suffix))
+
+
+def forget_broker_specs() -> None:
+    """Drop every learnt spec (tests)."""
+    _BROKER_SPECS.clear()
+
+
+def _known(name: str) -> bool:
+    return name in _BROKER_SPECS or name in DEFAULT_SPECS
+
+
 def canonical_symbol(symbol: str, suffix: str | None = None) -> str:
     """The instrument behind a broker's name: `XAUUSDm` -> `XAUUSD` (the account's suffix, or a known spec's name)."""
     if suffix and symbol.endswith(suffix) and len(symbol) > len(suffix):
         return symbol[: -len(suffix)]
-    if symbol in DEFAULT_SPECS:
+    if _known(symbol):
         return symbol
-    for name in DEFAULT_SPECS:
+    for name in [*_BROKER_SPECS, *DEFAULT_SPECS]:
         if symbol.upper().startswith(name) and re.fullmatch(r"[^A-Z0-9]*[a-z0-9.!_#-]*", symbol[len(name):]):
             return name
     return symbol
@@ -141,8 +167,8 @@ class UnknownSymbol(LookupError):
 
 def get_spec(symbol: str, suffix: str | None = None) -> SymbolSpec:
     name = canonical_symbol(symbol, suffix)
-    try:
-        return DEFAULT_SPECS[name]
-    except KeyError:
-        known = ", ".join(sorted(DEFAULT_SPECS))
-        raise UnknownSymbol(f"no symbol spec for {symbol!r}; shipped specs: {known}") from None
+    spec = _BROKER_SPECS.get(name) or DEFAULT_SPECS.get(name)
+    if spec is None:
+        known = ", ".join(sorted({*DEFAULT_SPECS, *_BROKER_SPECS}))
+        raise UnknownSymbol(f"no symbol spec for {symbol!r}: no broker has described it; known: {known}")
+    return spec

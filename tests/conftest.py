@@ -61,3 +61,12 @@ async def sessions(sqlite_url: str):
     engine = create_engine(sqlite_url)
     yield session_factory(engine)
     await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _no_broker_specs_between_tests():
+    """A spec an MT5 session described in one test must not size another test's orders (shared/symbols.py)."""
+    from shared.symbols import forget_broker_specs
+
+    yield
+    forget_broker_specs()

@@ -36,7 +36,7 @@ from shared.db.models import BrokerAccount
 from shared.metrics import decision_ignored_total, decisions_total, kill_switch_trips_total, signals_ingested_total
 from shared.outbox import OutboxRelay, Pending
 from shared.settings import Settings
-from shared.symbols import canonical_symbol
+from shared.symbols import canonical_symbol, learn_spec
 from shared.timeutil import Clock
 
 log = get_logger("services.decision")
@@ -321,6 +321,8 @@ class DecisionService:
         if current is not None and snapshot.taken_at < current.taken_at:
             return
         self.snapshots[snapshot.account_id] = snapshot
+        for spec in snapshot.specs:
+            learn_spec(spec)  # the broker's own specs size, round and convert this account's orders from now on
         async with transaction(self._sessions) as session:
             account = await session.get(BrokerAccount, snapshot.account_id)
             if account is None:

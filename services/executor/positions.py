@@ -174,6 +174,7 @@ async def take_snapshot(ex: ExecutorState, *, account_id: int) -> None:
         margin=info.margin,
         margin_free=info.margin_free,
         taken_at=now,
+        specs=tuple(ex.live[account_id].specs()) if account_id in ex.live else (),
     )
     events.enqueue(ex, topology.account_key(account_id), snapshot)
     await events.drain(ex)

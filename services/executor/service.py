@@ -315,7 +315,7 @@ class ExecutorService:
         if not isinstance(message, RatesRequest):
             raise InvalidMessage(f"executor rates queue got a {type(message).__name__}, not a RatesRequest")
         live = self.state.live.get(message.account_id)
-        bars, error, server_time = None, "", None
+        bars, error, server_time, spec = None, "", None, None
         if live is None:
             error = f"account {message.account_id} has no terminal session in executor {self._instance}"
         elif message.timeframe != "1m":
@@ -324,12 +324,13 @@ class ExecutorService:
             try:
                 bars = BarColumns.from_bars(await live.rates(message.symbol, message.count))
                 server_time = await live.terminal_time(message.symbol)
+                spec = await live.spec(message.symbol)
             except Exception as exc:  # noqa: BLE001  the asker gets the reason instead of a time-out
                 error = f"rates of {message.symbol} failed: {exc}"
         if server_time is not None and self._on_terminal_time is not None:
             self._on_terminal_time(server_time)
         reply = RatesReply(correlation_id=message.correlation_id, account_id=message.account_id, symbol=message.symbol,
-                           timeframe=message.timeframe, bars=bars, error=error, server_time=server_time)
+                           timeframe=message.timeframe, bars=bars, error=error, server_time=server_time, spec=spec)
         try:
             await self._bus.publish(reply, exchange=RATES, routing_key=message.reply_to)
         except Unroutable:

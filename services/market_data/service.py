@@ -26,7 +26,7 @@ from shared.messages import BarColumns, BarWindow, InvalidMessage, Levels, Messa
 from shared.metrics import bar_windows_published_total, bars_rejected_total, bars_repaired_total, feed_stale, scan_cycle_seconds
 from shared.sanity import BAR_REASONS, WARMUP, BarCheck, check_bars
 from shared.settings import Settings
-from shared.symbols import UnknownSymbol, canonical_symbol
+from shared.symbols import UnknownSymbol, broker_spec, canonical_symbol
 from shared.timeutil import Clock, floor_minute, from_epoch, to_epoch
 
 log = get_logger("services.market_data")
@@ -235,6 +235,7 @@ class MarketDataService:
             source=self.feed.name,
             levels=await self._levels(symbol, state, newest),
             subscriptions=entry.subscriptions,
+            spec=broker_spec(symbol),  # the strategy workers size and round with the broker's spec where one is known
         )
         await self._bus.publish(window, exchange=topology.MARKET_BARS, routing_key=topology.bars_key("1m", symbol))
         state.published = (newest, entry)

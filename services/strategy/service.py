@@ -17,7 +17,7 @@ from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanRep
 from shared.settings import Settings
 from shared.strategies.base import EvalContext, Match, WindowCache
 from shared.strategies.catalog import CATALOG, Catalog, InvalidParams
-from shared.symbols import UnknownSymbol, get_spec
+from shared.symbols import UnknownSymbol, get_spec, learn_spec
 from shared.timeutil import Clock, SystemClock, from_epoch
 
 log = get_logger(__name__)
@@ -100,6 +100,8 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
         return [], ScanReport(window_id=window.message_id, symbol=window.symbol, timeframe=window.timeframe,
                               bar_time=bar_time or window.closed_through, bots=(), produced_at=now)
     bars = _window_bars(window)
+    if window.spec is not None:
+        learn_spec(window.spec)  # the broker's spec, from the terminal that made the window
     try:
         spec = get_spec(window.symbol)
     except UnknownSymbol as exc:

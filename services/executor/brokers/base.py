@@ -171,6 +171,9 @@ class TerminalBroker(Broker, Protocol):
 
     async def spec(self, symbol: str) -> SymbolSpec: ...
 
+    def specs(self) -> list[SymbolSpec]:
+        """The specs of every symbol the session has described so far (symbol_info), for the other services."""
+
     async def rates(self, symbol: str, count: int) -> Bars:
         """The last `count` closed M1 bars, oldest first, times in UTC."""
 

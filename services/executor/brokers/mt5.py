@@ -35,7 +35,7 @@ from services.executor.brokers.base import (
 from shared.bars import Bars
 from shared.bus.base import TransientError
 from shared.logging import get_logger
-from shared.symbols import DEFAULT_SPECS, SymbolSpec, canonical_symbol
+from shared.symbols import DEFAULT_SPECS, SymbolSpec, canonical_symbol, learn_spec
 from shared.timeutil import Clock, server_offset, server_to_utc
 
 log = get_logger(__name__)
@@ -349,7 +349,11 @@ class MT5Broker:
         canonical = canonical_symbol(info.name, self._suffix)
         resolved = _Symbol(name=info.name, canonical=canonical, spec=spec_from_info(info, canonical), filling=filling_for(int(info.filling_mode)))
         self._symbols[symbol] = resolved
+        learn_spec(resolved.spec)  # the broker's word on digits, lots and stops level, for this whole process
         return resolved
+
+    def specs(self) -> list[SymbolSpec]:
+        return list({s.canonical: s.spec for s in self._symbols.values()}.values())
 
     async def spec(self, symbol: str) -> SymbolSpec:
         return (await self._run(self._resolve, symbol, retry_reads=True)).spec
