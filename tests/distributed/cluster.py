@@ -27,6 +27,9 @@ RABBIT_HOST = os.environ.get("SCALPER_TEST_RABBIT_HOST", "127.0.0.1:5672")
 PG_ADMIN_URL = os.environ.get("SCALPER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 
 
+SERVICE_TOKEN = f"test-token-{uuid.uuid4().hex}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,9 +222,33 @@ def base_env(*, bus_url: str, database_url: str, feed: str, clock_start, speed: 
         "SCALPER_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         "SCALPER_SCAN_MODE": "aligned",
+        # the routes of market data, strategy and the executor answer only calls carrying it
+        "SCALPER_SERVICE_TOKEN": SERVICE_TOKEN,
     }
     env.update({k if k.startswith("SCALPER_") else f"SCALPER_{k.upper()}": str(v) for k, v in extra.items()})
     return env
+
+
+def first_run(database_url: str, *, name: str = "trader", symbol: str = "XAUUSDm") -> str:
+    """What an operator does on a fresh distributed install (`scalper serve` makes no demo user): a user, a paper
+    account and an auto-trading scalper bot on it (account 1 and bot 1 of a fresh database). Return the user's key."""
+    from shared.db.engine import create_engine, session_factory, transaction, upgrade
+    from services.decision.bots import setup_bot
+    from services.decision.users import create_user, ensure_paper_account
+
+    async def run() -> str:
+        await asyncio.to_thread(upgrade, database_url)
+        engine = create_engine(database_url)
+        try:
+            async with transaction(session_factory(engine)) as session:
+                user, key = await create_user(session=session, name=name)
+                account = await ensure_paper_account(session=session, user_id=user.id)
+                await setup_bot(session=session, user_id=user.id, account_id=account.id, symbol=symbol, auto_trade=True)
+            return key
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def python() -> str:

@@ -61,6 +61,7 @@ def test_active_executor_sigkilled_five_times_standby_takes_over_consistently(vh
     env.update({"SCALPER_ORDER_TTL_S": "7200", "SCALPER_MONITOR_INTERVAL_S": "600"})
     cluster = make_cluster(env)
     started = time.monotonic()
+    kit.first_run(env["SCALPER_DATABASE_URL"])
     cluster.start("decision")
     first = cluster.start("executor")
     kit.eventually(lambda: kit.leaders([first]), timeout=30, what="the first executor leads")

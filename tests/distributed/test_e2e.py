@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from services.market_data.feeds.replay import ReplayFeed
 from shared.db.engine import create_engine, session_factory
-from shared.db.models import Decision, Order, Position, SignalRow
+from shared.db.models import Decision, Order, Position, SignalRow, User
 from tests.distributed import cluster as kit
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -46,13 +46,6 @@ def scan_lines(proc: kit.ServiceProc) -> list[dict]:
             except ValueError:
                 out.append({"event": line})
     return out
-
-
-def demo_key(decision: kit.ServiceProc) -> str:
-    """The demo user's API key, printed once by the decision process on its first start."""
-    marker = "Its API key (shown once): "
-    line = next(x for x in decision.log(1_000_000).splitlines() if marker in x)
-    return line.split(marker, 1)[1].strip()
 
 
 def settled(url: str, *, quiet_s: float = 3.0, timeout: float = 60.0) -> None:
@@ -112,8 +105,9 @@ def test_replay_through_separate_processes_orders_exactly_once(vhost, pg_url, sh
         MARKET_DATA_URL=f"http://127.0.0.1:{md_port}", STRATEGY_URL=f"http://127.0.0.1:{strategy_port}",
     )
     cluster = make_cluster(env)
+    key = kit.first_run(pg_url)  # no demo user in distributed mode: the operator's first-run steps
     decision = cluster.start("decision")
-    cluster.start("executor")
+    executor = cluster.start("executor")
     workers = [cluster.start("strategy", port=strategy_port), cluster.start("strategy")]
     market_data = cluster.start("market_data", port=md_port)
 
@@ -140,8 +134,15 @@ def test_replay_through_separate_processes_orders_exactly_once(vhost, pg_url, sh
     # Every window's scan line was logged once, by one of the two decision processes.
     lines = scan_lines(decision)
     assert len(lines) == published
-    # The public API of the decision process forwards to market data and strategy (behind the API key).
-    key = demo_key(decision)
+    # The public API of the decision process forwards to market data and strategy (behind the API key), with the
+    # service token: their own routes, and the executor's, refuse a call without it.
+    assert "Demo user created" not in decision.log(1_000_000)
+    (people,) = rows(pg_url, User)
+    assert [u.name for u in people] == ["trader"], "scalper serve makes no demo user"
+    for proc, path in ((market_data, "/api/v1/symbols"), (workers[0], "/api/v1/strategies"), (executor, "/internal/executor/positions")):
+        assert proc.get(path).status_code == 401, path
+        token = httpx.get(f"{proc.url}{path}", headers={"X-Service-Token": env["SCALPER_SERVICE_TOKEN"]}, timeout=10)
+        assert token.status_code == 200, (path, token.text)
     assert httpx.get(f"{decision.url}/api/v1/symbols", timeout=10).status_code == 401
     symbols = httpx.get(f"{decision.url}/api/v1/symbols", headers={"X-API-Key": key}, timeout=10)
     assert symbols.status_code == 200 and "XAUUSD" in symbols.text

@@ -94,6 +94,7 @@ async def publish_raw(vhost: str, body: bytes, *, exchange: str, key: str, heade
 def test_a_strategy_worker_killed_mid_batch_leaves_its_windows_to_the_other(vhost, pg_url, gold_file, make_cluster):
     env, feed = env_for(vhost, pg_url, gold_file, PREFETCH=16)
     cluster = make_cluster(env)
+    kit.first_run(env["SCALPER_DATABASE_URL"])
     decision = cluster.start("decision")
     cluster.start("executor")
     doomed, survivor = cluster.start("strategy"), cluster.start("strategy")
@@ -144,6 +145,7 @@ def _orders(pg_url: str) -> list[Order]:
 def test_the_standby_executor_takes_over_when_the_active_one_dies(vhost, pg_url, gold_file, make_cluster):
     env, feed = env_for(vhost, pg_url, gold_file)
     cluster = make_cluster(env)
+    kit.first_run(env["SCALPER_DATABASE_URL"])
     cluster.start("decision")
     active = cluster.start("executor", "--account-id", "1")
     standby = cluster.start("executor", "--account-id", "1")
@@ -172,6 +174,7 @@ def test_the_standby_executor_takes_over_when_the_active_one_dies(vhost, pg_url,
 def test_invalid_and_always_failing_messages_are_dead_lettered_and_consumers_live_on(vhost, pg_url, gold_file, make_cluster):
     env, feed = env_for(vhost, pg_url, gold_file)  # the default delivery limit: 5
     cluster = make_cluster(env)
+    kit.first_run(env["SCALPER_DATABASE_URL"])
     decision = cluster.start("decision")
     cluster.start("executor")
     worker = cluster.start("strategy")

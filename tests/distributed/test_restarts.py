@@ -76,6 +76,7 @@ def test_services_reconnect_after_a_rabbitmq_restart(private_rabbit, pg_url, lon
     env, feed = replay_env(vhost="", pg_url=pg_url, replay=long_gold, speed=SPEED, anchor_delay_s=15)
     env["SCALPER_BUS_URL"] = private_rabbit.url
     cluster = make_cluster(env)
+    kit.first_run(env["SCALPER_DATABASE_URL"])
     decision = cluster.start("decision")
     cluster.start("executor")
     cluster.start("strategy")
@@ -96,6 +97,7 @@ def test_handlers_retry_through_a_postgresql_restart(private_postgres, vhost, lo
     url = kit.create_database(private_postgres.admin_url)
     env, feed = replay_env(vhost=vhost, pg_url=url, replay=long_gold, speed=SPEED, anchor_delay_s=15)
     cluster = make_cluster(env)
+    kit.first_run(env["SCALPER_DATABASE_URL"])
     decision = cluster.start("decision")
     cluster.start("executor")
     cluster.start("strategy")

@@ -61,3 +61,44 @@ def test_serve_refuses_an_unknown_service_and_account_id_off_the_executor():
 )
 def test_only_lost_database_connections_count_as_an_outage(error, unreachable):
     assert is_db_unreachable(error) is unreachable
+
+
+# --- the service token on the internal routes ----------------------------------------------------------------
+
+
+def _internal_app(name: str, settings: Settings):
+    """The routes `scalper serve NAME` mounts, on an app of their own (the service is not started: a refused call
+    never reaches it)."""
+    from fastapi import FastAPI
+
+    process = build_process(name, settings)
+    app = FastAPI()
+    process.mount(app)
+    return app
+
+
+INTERNAL = [("market_data", "/api/v1/symbols"), ("market_data", "/api/v1/bars/XAUUSD"), ("strategy", "/api/v1/strategies"),
+            ("executor", "/internal/executor/positions"), ("executor", "/internal/executor/account")]
+
+
+@pytest.mark.parametrize(("name", "path"), INTERNAL)
+def test_internal_routes_refuse_a_call_without_the_service_token(name, path, tmp_path):
+    from fastapi.testclient import TestClient
+
+    settings = Settings(_env_file=None, feed="synthetic", service_token="t0ken", database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    client = TestClient(_internal_app(name, settings))
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"X-Service-Token": "wrong"}).status_code == 401
+    if name == "strategy":  # the one route that needs no running service
+        assert client.get(path, headers={"X-Service-Token": "t0ken"}).status_code == 200
+    # Without a token configured, the routes stay shut rather than open.
+    unset = Settings(_env_file=None, feed="synthetic", database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    answer = TestClient(_internal_app(name, unset)).get(path, headers={"X-Service-Token": ""})
+    assert answer.status_code == 401 and "SCALPER_SERVICE_TOKEN" in answer.text
+
+
+def test_decision_forwards_with_the_service_token():
+    from shared.http import service_token_headers
+
+    assert service_token_headers(Settings(_env_file=None, service_token="t0ken")) == {"X-Service-Token": "t0ken"}
+    assert service_token_headers(Settings(_env_file=None)) == {}

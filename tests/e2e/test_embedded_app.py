@@ -39,11 +39,16 @@ def test_make_run_shows_signals_and_paper_orders_within_a_minute(tmp_path):
 
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
-        symbols = client.get("/api/v1/symbols").json()
+        key = {"X-API-Key": printed[0].rsplit(": ", 1)[1].strip()}
+        for path in ("/api/v1/symbols", "/api/v1/strategies", "/api/v1/bars/XAUUSD"):
+            assert client.get(path).status_code == 401, f"{path} takes a key, as every /api/v1 route"
+        for path in ("/internal/executor/positions", "/internal/executor/account"):
+            assert client.get(path).status_code == 404, f"{path} is not mounted in the embedded app"
+        symbols = client.get("/api/v1/symbols", headers=key).json()
         assert "XAUUSD" in str(symbols)
-        names = [s["name"] for s in client.get("/api/v1/strategies").json()["data"]]
+        names = [s["name"] for s in client.get("/api/v1/strategies", headers=key).json()["data"]]
         assert "price_action_pinbar" in names
-        bars = client.get("/api/v1/bars/XAUUSD", params={"count": 5}).json()
+        bars = client.get("/api/v1/bars/XAUUSD", params={"count": 5}, headers=key).json()
         assert len(bars["data"]) == 5
         metrics = client.get("/metrics").text
         for name in ("signals_ingested_total", "orders_placed_total", "decision_ignored_total"):
