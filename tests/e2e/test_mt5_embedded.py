@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -90,9 +91,18 @@ def in_market_watch(port: int) -> None:
     assert client.symbol_select("XAUUSDm", True), client.last_error()
 
 
-def test_scalper_run_trades_on_the_simulated_terminal(gold_file: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def sim(gold_file: Path, tmp_path: Path):
+    """`scalper sim mt5` on the gold file from START at SPEED, stopped at teardown whatever the test did."""
+    running = start_sim(tmp_path / "sim.log", *sim_args(gold_file, "--start", START.isoformat(), "--speed", str(SPEED)))
+    try:
+        yield running
+    finally:
+        stop(running.proc)
+
+
+def test_scalper_run_trades_on_the_simulated_terminal(sim, tmp_path: Path) -> None:
     started = time.monotonic()
-    sim = start_sim(tmp_path / "sim.log", *sim_args(gold_file, "--start", START.isoformat(), "--speed", str(SPEED)))
     in_market_watch(sim.port)
     port = free_port()
     log = tmp_path / "run.log"
@@ -129,16 +139,11 @@ def test_scalper_run_trades_on_the_simulated_terminal(gold_file: Path, tmp_path:
             except subprocess.TimeoutExpired:
                 run.kill()
                 run.wait(timeout=10)
-    try:
-        # The engine is stopped: what it recorded is final. Read it back from its tables (the API is gone with it).
-        import sqlite3
-
-        with sqlite3.connect(tmp_path / "s.db") as db:
-            db.row_factory = sqlite3.Row
-            orders = [dict(r) for r in db.execute("SELECT client_order_id, status, ticket, account_id FROM orders WHERE account_id = ?", (account_id,))]
-        deals = entry_deals(sim.port)
-    finally:
-        stop(sim.proc)
+    # The engine is stopped: what it recorded is final. Read it back from its tables (the API is gone with it).
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.row_factory = sqlite3.Row
+        orders = [dict(r) for r in db.execute("SELECT client_order_id, status, ticket, account_id FROM orders WHERE account_id = ?", (account_id,))]
+    deals = entry_deals(sim.port)
 
     filled = {o["client_order_id"]: o for o in orders if o["status"] == "filled"}
     by_comment = Counter(d["comment"] for d in deals)
@@ -150,7 +155,7 @@ def test_scalper_run_trades_on_the_simulated_terminal(gold_file: Path, tmp_path:
     for cid, order in filled.items():
         assert by_comment[cid] == 1, f"filled order {cid}: {by_comment[cid]} entry deals in the terminal"
         (deal,) = [d for d in deals if d["comment"] == cid]
-        assert deal["order"] == order["ticket"] or deal["ticket"] == order["ticket"], (order, deal)
+        assert deal["order"] == order["ticket"], (order, deal)
     strays = [d for d in deals if d["comment"] not in filled]
     assert strays == [], f"entry deals in the terminal with no filled order of ours: {strays}"
     not_filled = {o["client_order_id"] for o in orders if o["status"] != "filled"}
