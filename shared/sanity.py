@@ -226,8 +226,7 @@ def stops_problem(*, side: str, entry: float, sl: float | None, tp: float | None
         if not (math.isfinite(price) and price > 0):
             return f"{name} {price} is not a price", None
         if sign * direction * (price - entry) <= 0:
-            where = ("below" if sign * direction > 0 else "above")
-            return f"{name} {price} must be {'above' if where == 'below' else 'below'} the entry {entry}", None
+            return f"{name} {price} must be {'above' if sign * direction > 0 else 'below'} the entry {entry}", None
         distances.append((name, abs(price - entry)))
     if not distances or atr is None or not (math.isfinite(atr) and atr > 0):
         return None, None

@@ -25,6 +25,8 @@ from services.executor import fills
 from services.executor.trailing import ExitRule, TrailRule, time_stop_hit, trailing_stop
 from shared.bars import Bars
 from shared.messages import Signal, StrategyConfig
+from shared.sanity import check_bars
+from shared.settings import get_settings
 from shared.stats import ClosedTrade, compute_stats
 from shared.strategies.catalog import CATALOG, MIN_LOOKBACK, Catalog
 from shared.strategies.indicators import atr as atr_fn
@@ -52,6 +54,9 @@ class BacktestConfig:
     min_lookback: int = MIN_LOOKBACK
     trail: TrailRule = field(default_factory=TrailRule)
     exits: ExitRule = field(default_factory=ExitRule)
+    # The live limits (SCALPER_BAR_SANITY_ATR, SCALPER_MAX_STOP_ATR), so a backtest refuses what live refuses.
+    bar_sanity_atr: float = field(default_factory=lambda: get_settings().bar_sanity_atr)
+    max_stop_atr: float = field(default_factory=lambda: get_settings().max_stop_atr)
 
 
 @dataclass(slots=True)
@@ -106,6 +111,8 @@ class BacktestResult:
     last: int | None
     bars: int
     stats: dict[str, Any] = field(default_factory=dict)
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (bar time, reason): bars the sanity rule refused
+    repaired: int = 0  # bars whose prices were rounded to the symbol's digits
 
 
 def spreads_for(bars: Bars, spec: SymbolSpec, spread_points: float | None) -> np.ndarray:
@@ -331,7 +338,7 @@ class _Book:
             bot_id=1, account_id=1, symbol=cfg.symbol, timeframe=s.timeframe, strategy=s.strategy, side=s.side,
             bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score, features=s.features,
         )
-        decision = decide(rules=rules, signal=signal, exposure=exposure, spec=spec)
+        decision = decide(rules=rules, signal=signal, exposure=exposure, spec=spec, max_stop_atr=cfg.max_stop_atr)
         if decision.action != "open":
             self.ignored[decision.reason] += 1
             return
@@ -371,10 +378,18 @@ def run_backtest(
     signals: Sequence[SignalEvent] | None = None,
     trade_from: int | None = None,
 ) -> BacktestResult:
-    """Backtest `config` on `bars` (validated, oldest first, UTC): signals, decisions, fills, stats.
+    """Backtest `config` on `bars` (oldest first, UTC): signals, decisions, fills, stats.
 
-    Bars before `trade_from` (epoch seconds) only warm up the windows and levels: no signal is judged there.
+    The bars pass the live sanity rule first (shared.sanity.check_bars with the symbol's digits and
+    config.bar_sanity_atr): a bar live would refuse is not traded on. Bars before `trade_from` (epoch seconds) only
+    warm up the windows and levels: no signal is judged there. `signals`, when given, index the bars as given.
     """
+    checked = check_bars(bars, max_atr=config.bar_sanity_atr, digits=spec.digits)
+    if checked.bars is not bars and signals is not None:
+        raise ValueError(f"the sanity rule refused or rounded {len(checked.rejected) + len(checked.repaired)} bars: "
+                         "compute the signals on the checked bars (shared.sanity.check_bars)")
+    refused = [(int(bars.time[i]), reason) for i, reason in checked.rejected]
+    bars = checked.bars
     scan = ScanStats()
     start = 0 if trade_from is None else int(np.searchsorted(bars.time, trade_from))
     if signals is None:
@@ -391,6 +406,7 @@ def run_backtest(
         config=config, trades=trades, signals=list(signals), ignored=book.ignored, scan=scan, kill_days=book.kill_days,
         first=int(bars.time[start]) if start < len(bars) else None, last=int(bars.time[-1]) if len(bars) else None, bars=len(bars),
     )
+    result.refused, result.repaired = refused, len(checked.repaired)
     result.stats = compute_stats(t.to_closed() for t in trades)
     for name in (c.name for c in config.strategies):
         result.stats["by_strategy"].setdefault(name, compute_stats([])["total"])

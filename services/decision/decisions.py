@@ -22,6 +22,7 @@ from shared.db.models import Bot, BrokerAccount, Decision, SignalRow
 from shared.outbox import Pending
 from shared.bus.base import TransientError
 from shared.messages import InvalidMessage, OrderIntent, Signal
+from shared.settings import get_settings
 from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
 from shared.timeutil import broker_day_start
 
@@ -266,7 +267,7 @@ def signal_audit(*, signal: Signal, now: datetime, user_id: int | None) -> dict:
     )
 
 
-def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: Exposure) -> DecisionResult:
+def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: Exposure, max_stop_atr: float) -> DecisionResult:
     if not account.is_active:  # a signal from a plan made before the account was switched off
         check = {"name": "account_not_active", "passed": False, "value": False, "limit": True}
         return DecisionResult(action="ignore", reason="account_not_active", checks=[check], side=signal.side)
@@ -275,11 +276,13 @@ def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: 
     except UnknownSymbol as exc:
         check = {"name": "unknown_symbol", "passed": False, "value": bot.symbol, "limit": str(exc)}
         return DecisionResult(action="ignore", reason="unknown_symbol", checks=[check], side=signal.side)
-    return decide(rules=BotRules.from_attrs(bot), signal=signal, exposure=exposure, spec=spec, account=AccountRules.from_attrs(account))
+    return decide(rules=BotRules.from_attrs(bot), signal=signal, exposure=exposure, spec=spec, account=AccountRules.from_attrs(account),
+                  max_stop_atr=max_stop_atr)
 
 
 async def handle_signal(
-    *, session: AsyncSession, signal: Signal, now: datetime, order_ttl_s: float, margin_free: float | None = None
+    *, session: AsyncSession, signal: Signal, now: datetime, order_ttl_s: float, margin_free: float | None = None,
+    max_stop_atr: float | None = None,
 ) -> SignalOutcome:
     """Store the signal and its one decision; on a repeat, return the existing decision (and its intent while sent)."""
     found = await load_bot_for_update(session=session, bot_id=signal.bot_id)
@@ -304,7 +307,8 @@ async def handle_signal(
             return SignalOutcome(bot_found=True, signal_new=False, decision=existing)
 
     exposure = await load_exposure(session=session, bot=bot, account=account, now=now, margin_free=margin_free)
-    result = _risk_result(bot=bot, account=account, signal=signal, exposure=exposure)
+    max_stop_atr = get_settings().max_stop_atr if max_stop_atr is None else max_stop_atr  # SCALPER_MAX_STOP_ATR
+    result = _risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
     values = {
         "signal_id": signal_id,
         "bot_id": bot.id,

@@ -12,6 +12,7 @@ from datetime import datetime, time
 from typing import Any, Literal
 
 from shared.messages import Signal
+from shared.sanity import stops_problem
 from shared.symbols import Side, SymbolSpec
 
 Action = Literal["open", "ignore"]
@@ -32,7 +33,13 @@ REASONS = (
     "netting_conflict",
     "correlation_basket",
     "margin_insufficient",
+    "implausible_stops",
 )
+
+MAX_STOP_ATR = 20.0  # SCALPER_MAX_STOP_ATR's default: a stop or target further than this many ATR is refused
+# Where a signal's ATR is found: the ATR(14) of the M1 window (pinbar, doji breakout, range reversion, trend
+# pullback), or the M5 ATR of the resampled window (harami).
+ATR_FEATURES = ("atr", "atr_5m")
 
 # Correlation baskets: instrument -> +1 when buying it is long the basket's common currency, -1 when short.
 # Buying EURUSD and buying USDCHF are opposite USD bets, so only legs with the same sign x side are "the same direction".
@@ -188,8 +195,30 @@ def _spread_pips(signal: Signal, spec: SymbolSpec) -> float | None:
     return None
 
 
+def signal_atr(signal: Signal) -> float | None:
+    """The window's ATR the strategy saw (ATR_FEATURES), or None when the signal carries none."""
+    for key in ATR_FEATURES:
+        value = signal.features.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
+def stops_check(*, rules: BotRules, signal: Signal, spec: SymbolSpec, max_stop_atr: float = MAX_STOP_ATR) -> dict[str, Any]:
+    """`implausible_stops`: the order's stop and target (before the stops level pushes them out) on the right side
+    of the entry and within max_stop_atr x the window's ATR of it. A signal without an ATR has only its sides and
+    prices checked; the check says so in its limit."""
+    sl, tp = _raw_stops(rules=rules, signal=signal, spec=spec)
+    atr = signal_atr(signal)
+    problem, far_atr = stops_problem(side=signal.side, entry=signal.entry, sl=sl, tp=tp, atr=atr, max_atr=max_stop_atr)
+    value: Any = problem if problem and far_atr is None else (None if far_atr is None else round(far_atr, 3))
+    limit: Any = max_stop_atr if atr is not None else "atr unknown: right side of the entry only"
+    return _check("implausible_stops", problem is None, value, limit)
+
+
 def run_checks(
-    *, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec | None = None, account: AccountRules | None = None
+    *, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec | None = None, account: AccountRules | None = None,
+    max_stop_atr: float = MAX_STOP_ATR,
 ) -> list[dict[str, Any]]:
     """Every risk check with its value and limit; a check's `name` is the reason it gives when it fails.
 
@@ -229,29 +258,34 @@ def run_checks(
     needed = round(margin_required(spec=spec, volume=volume, price=signal.entry, leverage=account.leverage), 2)
     margin_ok = exposure.margin_free is None or exposure.margin_free >= needed
     checks.append(_check("margin_insufficient", margin_ok, exposure.margin_free, needed))
+    checks.append(stops_check(rules=rules, signal=signal, spec=spec, max_stop_atr=max_stop_atr))
     return checks
+
+
+def _raw_stops(*, rules: BotRules, signal: Signal, spec: SymbolSpec) -> tuple[float | None, float | None]:
+    """The strategy's stop and target, or the bot's fixed pips from the entry."""
+    if rules.sl_tp_mode == "fixed_pips":
+        sl_distance = spec.pips_to_price(rules.default_sl_pips)
+        tp_distance = spec.pips_to_price(rules.default_tp_pips)
+        if signal.side == "buy":
+            return signal.entry - sl_distance, signal.entry + tp_distance
+        return signal.entry + sl_distance, signal.entry - tp_distance
+    return signal.stop, signal.target
 
 
 def stops_for(*, rules: BotRules, signal: Signal, spec: SymbolSpec) -> tuple[float | None, float | None]:
     """Stop and target for the order: the strategy's, or the bot's fixed pips from the entry; pushed outside
     the symbol's stops level and rounded to its digits either way."""
-    if rules.sl_tp_mode == "fixed_pips":
-        sl_distance = spec.pips_to_price(rules.default_sl_pips)
-        tp_distance = spec.pips_to_price(rules.default_tp_pips)
-        if signal.side == "buy":
-            sl, tp = signal.entry - sl_distance, signal.entry + tp_distance
-        else:
-            sl, tp = signal.entry + sl_distance, signal.entry - tp_distance
-    else:
-        sl, tp = signal.stop, signal.target
+    sl, tp = _raw_stops(rules=rules, signal=signal, spec=spec)
     return spec.push_outside_stops(signal.side, signal.entry, sl, tp)
 
 
 def decide(
-    *, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec, account: AccountRules | None = None
+    *, rules: BotRules, signal: Signal, exposure: Exposure, spec: SymbolSpec, account: AccountRules | None = None,
+    max_stop_atr: float = MAX_STOP_ATR,
 ) -> DecisionResult:
     """Open the signal's trade, or ignore it with the first failing check as the reason."""
-    checks = run_checks(rules=rules, signal=signal, exposure=exposure, spec=spec, account=account)
+    checks = run_checks(rules=rules, signal=signal, exposure=exposure, spec=spec, account=account, max_stop_atr=max_stop_atr)
     failed = {c["name"] for c in checks if not c["passed"]}
     for reason in REASONS:
         if reason in failed:

@@ -16,7 +16,7 @@ EURUSD = DEFAULT_SPECS["EURUSD"]
 USDJPY = DEFAULT_SPECS["USDJPY"]
 
 
-def signal(*, side="buy", entry=2000.0, stop=1998.0, target=2004.0, score=0.8) -> Signal:
+def signal(*, side="buy", entry=2000.0, stop=1998.0, target=2004.0, score=0.8, features=None) -> Signal:
     return Signal(
         signal_id=uuid.uuid4(),
         bot_id=1,
@@ -30,6 +30,7 @@ def signal(*, side="buy", entry=2000.0, stop=1998.0, target=2004.0, score=0.8) -
         stop=stop,
         target=target,
         score=score,
+        features=features or {},
     )
 
 
@@ -53,6 +54,7 @@ def test_defaults_open_with_every_check_recorded():
         "netting_conflict",
         "correlation_basket",
         "margin_insufficient",
+        "implausible_stops",
     ]
     assert all(c["passed"] for c in result.checks)
     score = next(c for c in result.checks if c["name"] == "score_below_min")
@@ -164,3 +166,48 @@ def test_rules_read_from_a_bot_row():
     bot = Bot(user_id=1, account_id=1, symbol="XAUUSDm", decision_min_score=0.7, status="paused", default_qty=0.05)
     rules = BotRules.from_attrs(bot)
     assert (rules.decision_min_score, rules.status, rules.default_qty, rules.auto_trade) == (0.7, "paused", 0.05, False)
+
+
+# --- implausible stops: the side of the entry, and at most max_stop_atr x the window's ATR from it ---------------
+
+
+def _stops(result) -> dict:
+    return next(c for c in result.checks if c["name"] == "implausible_stops")
+
+
+@pytest.mark.parametrize(
+    ("side", "entry", "stop", "target", "features", "passed", "value", "limit"),
+    [
+        ("buy", 2000.0, 1998.0, 2004.0, {"atr": 1.0}, True, 4.0, 20.0),  # the target 4 ATR away
+        ("buy", 2000.0, 1979.0, 2004.0, {"atr": 1.0}, False, 21.0, 20.0),  # the stop 21 ATR away
+        ("sell", 2000.0, 2002.0, 1975.0, {"atr": 1.0}, False, 25.0, 20.0),  # the target 25 ATR away
+        ("buy", 2000.0, 8.7e304, 2004.0, {"atr": 1.0}, False, "sl 8.7e+304 must be below the entry 2000.0", 20.0),
+        ("buy", 2000.0, 1998.0, -5.0, {"atr": 1.0}, False, "tp -5.0 is not a price", 20.0),
+        ("sell", 2000.0, 2002.0, 2003.0, {"atr": 1.0}, False, "tp 2003.0 must be below the entry 2000.0", 20.0),
+        ("buy", 2000.0, 1998.0, 2100.0, {"atr_5m": 10.0}, True, 10.0, 20.0),  # harami: the M5 ATR
+        ("buy", 2000.0, 1900.0, 2004.0, {}, True, None, "atr unknown: right side of the entry only"),
+        ("buy", 2000.0, 2001.0, 2004.0, {}, False, "sl 2001.0 must be below the entry 2000.0",
+         "atr unknown: right side of the entry only"),
+    ],
+)
+def test_implausible_stops_are_refused_and_recorded(side, entry, stop, target, features, passed, value, limit):
+    result = decide(rules=BotRules(), signal=signal(side=side, entry=entry, stop=stop, target=target, features=features),
+                    exposure=Exposure(), spec=GOLD)
+    check = _stops(result)
+    assert (check["passed"], check["value"], check["limit"]) == (passed, value, limit)
+    assert (result.action, result.reason) == (("open", "ok") if passed else ("ignore", "implausible_stops"))
+    if not passed:
+        assert result.sl is None and result.tp is None
+
+
+def test_max_stop_atr_is_the_callers_limit():
+    far = signal(stop=1970.0, target=2004.0, features={"atr": 1.0})  # 30 ATR
+    assert decide(rules=BotRules(), signal=far, exposure=Exposure(), spec=GOLD).reason == "implausible_stops"
+    wide = decide(rules=BotRules(), signal=far, exposure=Exposure(), spec=GOLD, max_stop_atr=40.0)
+    assert wide.action == "open" and _stops(wide)["limit"] == 40.0
+
+
+def test_fixed_pips_stops_are_checked_against_the_atr_too():
+    rules = BotRules(sl_tp_mode="fixed_pips", default_sl_pips=300.0, default_tp_pips=5.0)  # gold pip 0.1: sl 30.0 away
+    result = decide(rules=rules, signal=signal(features={"atr": 1.0}), exposure=Exposure(), spec=GOLD)
+    assert (result.reason, _stops(result)["value"]) == ("implausible_stops", 30.0)
