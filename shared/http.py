@@ -35,6 +35,20 @@ class SQLiteOffloaded:
             await self.app(scope, receive, send)
 
 
+# /readyz is open (probes and load balancers call it without a key): what says who the account is, or what it holds,
+# stays out of it (an MT5 session's health names its login).
+ACCOUNT_FIELDS = frozenset({"login", "server", "password", "password_ref", "balance", "equity", "margin", "margin_free"})
+
+
+def without_account_data(value):
+    """`value` with every ACCOUNT_FIELDS key dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_account_data(v) for k, v in value.items() if k not in ACCOUNT_FIELDS}
+    if isinstance(value, list):
+        return [without_account_data(v) for v in value]
+    return value
+
+
 def add_ops_routes(app: FastAPI, readiness: Readiness) -> None:
     """The ops routes, the Prometheus instrumentation and SQLiteOffloaded."""
     app.add_middleware(SQLiteOffloaded)
@@ -45,7 +59,7 @@ def add_ops_routes(app: FastAPI, readiness: Readiness) -> None:
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
         ready, details = await readiness()
-        return JSONResponse({"ready": ready, **details}, status_code=200 if ready else 503)
+        return JSONResponse({"ready": ready, **without_account_data(details)}, status_code=200 if ready else 503)
 
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False

@@ -102,3 +102,18 @@ def test_decision_forwards_with_the_service_token():
 
     assert service_token_headers(Settings(_env_file=None, service_token="t0ken")) == {"X-Service-Token": "t0ken"}
     assert service_token_headers(Settings(_env_file=None)) == {}
+
+
+def test_readyz_is_open_but_names_no_account():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from shared.http import add_ops_routes
+
+    async def readiness():
+        return True, {"executor": {"broker_sessions": [{"connected": True, "login": 5001, "server": "Broker-Live"}], "accounts": [1]}}
+
+    app = FastAPI()
+    add_ops_routes(app, readiness)
+    answer = TestClient(app).get("/readyz")
+    assert answer.status_code == 200 and answer.json()["executor"] == {"broker_sessions": [{"connected": True}], "accounts": [1]}
