@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, TextIO
 
 import structlog
@@ -42,6 +43,7 @@ _ASSIGNED_RE = re.compile(
     r"(?i)(?<![a-z0-9])((?:[a-z0-9]+[_-])*(?:x-api-key|api[_-]?key|password(?:_ref)?|passwd|secret(?:_key)?|token|authorization))"
     r"(['\"]?\s*[=:]\s*['\"]?)((?:bearer|basic)\s+)?([^\s'\",;&)}\]]+)"
 )
+_ASSIGNED_HINT_RE = re.compile(r"(?i)key|pass|secret|token|auth")
 # The password of a URL's user info: amqp://user:PASSWORD@host.
 _URL_PASSWORD_RE = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)@")
 
@@ -49,8 +51,11 @@ _URL_PASSWORD_RE = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)
 def is_secret_field(name: object) -> bool:
     if isinstance(name, bytes):
         name = name.decode("latin-1")
-    if not isinstance(name, str):
-        return False
+    return isinstance(name, str) and _is_secret_name(name)
+
+
+@lru_cache(maxsize=4096)
+def _is_secret_name(name: str) -> bool:
     key = name.strip().lower().replace("-", "_")
     return key in SECRET_FIELDS or key.endswith(_SECRET_SUFFIXES)
 
@@ -69,9 +74,11 @@ def mask_text(text: str) -> str:
     """`text` with anything that looks like an API key, a `password=...` or a URL's password replaced by [redacted]."""
     if len(text) < 8:
         return text
-    text = _URL_PASSWORD_RE.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
-    text = _ASSIGNED_RE.sub(_mask_assigned, text)
-    return _API_KEY_RE.sub(_mask_key, text)
+    if "://" in text:
+        text = _URL_PASSWORD_RE.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    if _ASSIGNED_HINT_RE.search(text):  # the full pattern only where a secret's name appears: most lines have none
+        text = _ASSIGNED_RE.sub(_mask_assigned, text)
+    return _API_KEY_RE.sub(_mask_key, text) if len(text) >= 43 else text
 
 
 def _redact(value: Any, depth: int = 0) -> Any:
@@ -93,6 +100,12 @@ def _redact(value: Any, depth: int = 0) -> Any:
 
 def redact_secrets(_logger, _name, event_dict: dict) -> dict:
     """Mask the values of secret fields (SECRET_FIELDS) and secrets spelled inside strings, nested values included."""
+    if event_dict.get("_from_structlog"):
+        # In the formatter, after `redact_secrets` ran where the line was logged: only the traceback's text is new.
+        for key in ("exception", "stack"):
+            if isinstance(event_dict.get(key), str):
+                event_dict[key] = mask_text(event_dict[key])
+        return event_dict
     for key, value in event_dict.items():
         if value is None or key.startswith("_") or key in ("exc_info", "stack_info"):
             continue  # `_record` and `_from_structlog` are the formatter's own; a traceback is masked once rendered
@@ -252,9 +265,9 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = OffLoopStreamHandler(sys.stderr)
     handler.set_name("scalper")
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=[_strip_message, *shared], processors=[
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
         format_exception,  # exc_info -> `exception`, plain text: in JSON the stack as a string, not `<traceback object>`
         redact_secrets,  # the stack's text and the foreign records' messages, before any renderer
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
         *renderers]))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "scalper"]:
