@@ -31,6 +31,7 @@ BAR_REASONS = ("nan_price", "non_positive_price", "high_below_low", "open_close_
                *OUTLIER_REASONS)
 
 _NO_TIME = np.iinfo(np.int64).min
+_ROUNDABLE = 1e15
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,11 @@ def check_bars(bars: Bars, *, max_atr: float, digits: int | None = None, previou
 
 def round_prices(bars: Bars, digits: int) -> tuple[Bars, np.ndarray]:
     """The bars with open, high, low, close rounded to `digits`, and a mask of the bars that changed."""
-    rounded = {f: np.round(getattr(bars, f), digits) for f in ("open", "high", "low", "close")}
+    # Only prices that rounding cannot overflow (1e308 x 10**digits is inf): an absurd one keeps its value and is refused
+    # for what it is (an outlier), not as a NaN rounding made.
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = {f: np.where(np.abs(getattr(bars, f)) < _ROUNDABLE, np.round(getattr(bars, f), digits), getattr(bars, f))
+                   for f in ("open", "high", "low", "close")}
     with np.errstate(invalid="ignore"):
         changed = np.zeros(len(bars), bool)
         for f, values in rounded.items():

@@ -228,13 +228,15 @@ def test_any_format_round_trips(tmp_path, rows, fmt, crlf):
     header, line = WRITERS[fmt]
     epoch = int(utc(2024, 3, 1).timestamp())
     expected, lines = [], []
+    price = 150_000  # a walk, as a market's bars are (independent prices would be outliers to shared.sanity)
     for gap, base, up, down, a, _b, vol in rows:
         epoch += gap * 60
         t = datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
-        o = base / 100_000
-        c = (base + a - 500) / 100_000
-        h = max(o, c) + up / 100_000
-        lo = min(o, c) - down / 100_000
+        o = (price + base % 101 - 50) / 100_000
+        c = (price + base % 101 - 50 + a - 500) / 100_000
+        price += base % 101 - 50 + a - 500
+        h = max(o, c) + (up + 50) / 100_000  # a range of at least 100 points: no row can be 25 ATR away
+        lo = min(o, c) - (down + 50) / 100_000
         o, h, lo, c = (round(x, 5) for x in (o, h, lo, c))
         lines.append(line(t, o, h, lo, c, vol))
         expected.append((epoch, o, h, lo, c))
