@@ -43,6 +43,7 @@ from services.decision.schemas import (
 )
 from shared.db.models import ApiKey, Bot
 from shared.messages import ExecutorCommand
+from shared.secrets import SecretError
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "a body that is not JSON text"},
@@ -240,7 +241,10 @@ def create_router(service, *, served_symbols: ServedSymbols | None = None) -> AP
 
     @router.post("/accounts", response_model=AccountPublic, status_code=201, tags=["accounts"])
     async def create_account(body: AccountCreate, user: CurrentUser, session: Session) -> Any:
-        account = await accounts.create_account(session=session, owner_id=user.id, values=body.model_dump(), actor=_actor(user))
+        try:
+            account = await accounts.create_account(session=session, owner_id=user.id, values=body.model_dump(), actor=_actor(user))
+        except SecretError as exc:  # a sealed value that does not open with this install's key; never echoed
+            raise unprocessable("password", f"password: {exc}") from None
         await session.commit()
         return AccountPublic(**accounts.public(account))
 
@@ -263,7 +267,10 @@ def create_router(service, *, served_symbols: ServedSymbols | None = None) -> AP
             for name in ("login", "server"):
                 if name in values and not values[name]:
                     raise unprocessable(name, f"an mt5 account needs a {name}: give one, or leave the field out")
-        changed = await accounts.update_account(session=session, account=account, values=values, actor=_actor(user))
+        try:
+            changed = await accounts.update_account(session=session, account=account, values=values, actor=_actor(user))
+        except SecretError as exc:
+            raise unprocessable("password", f"password: {exc}") from None
         await session.commit()
         if changed:
             await service.refresh_plan_quietly()  # is_active and the symbol suffix shape the plan

@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.decision.risk import parse_trading_hours
+from shared.secrets import MAX_SEALED_BYTES
 
 T = TypeVar("T")
 
@@ -87,8 +88,11 @@ def _password(value: str | None) -> str | None:
         return value
     if not value:
         raise ValueError("password: give the MT5 password, env:NAME (an environment variable) or file:/path (a secret file)")
-    if value.startswith(("env:", "file:")) and not SECRET_REF_RE.match(value):
-        raise ValueError("password: a reference is env:NAME (letters, digits, _) or file:/absolute/path")
+    if value.startswith(("env:", "file:")):
+        if not SECRET_REF_RE.match(value):
+            raise ValueError("password: a reference is env:NAME (letters, digits, _) or file:/absolute/path")
+    elif len(value.encode("utf-8")) > MAX_SEALED_BYTES:  # a literal is stored sealed (shared/secrets.py)
+        raise ValueError(f"password: at most {MAX_SEALED_BYTES} bytes; for a longer one give env:NAME or file:/path")
     return value
 
 

@@ -100,6 +100,15 @@ async def test_an_mt5_account_needs_login_server_and_password(api, alice, missin
     assert (await api.client.get("/api/v1/accounts", headers=alice.headers)).json()["count"] == 0
 
 
+@pytest.mark.parametrize("password", ["p" * 400, "é" * 200, "enc:v1:not-sealed-by-this-key"])
+async def test_a_password_that_cannot_be_sealed_is_a_422_not_a_500(api, alice, password):
+    account = await new_account(api, alice)
+    for method, path in (("POST", "/api/v1/accounts"), ("PATCH", f"/api/v1/accounts/{account['id']}")):
+        answer = await api.client.request(method, path, json={"password": password}, headers=alice.headers)
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "password", answer.text
+        assert password not in answer.text
+
+
 async def test_an_mt5_accounts_login_and_server_cannot_be_cleared(api, alice):
     account = await new_account(api, alice, broker="mt5", login="5001", server="Broker-Demo", password="env:MT5_PASSWORD")
     for field in ("login", "server"):

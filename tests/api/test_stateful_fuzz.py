@@ -45,7 +45,7 @@ BOT_FIELDS = {
 }
 ACCOUNT_FIELDS = {
     "broker": st.one_of(st.sampled_from(["paper", "mt5"]), ODD), "login": st.one_of(st.sampled_from(["5001", ""]), ODD),
-    "server": st.one_of(st.just("Broker-Demo"), ODD), "password": st.one_of(st.sampled_from(["pw", "env:MT5_PW", "env:", "file:/x"]), ODD),
+    "server": st.one_of(st.just("Broker-Demo"), ODD), "password": st.one_of(st.sampled_from(["pw", "env:MT5_PW", "env:", "file:/x", "p" * 400, "enc:v1:not-sealed"]), ODD),
     "leverage": st.one_of(st.sampled_from([100.0, 5e-324, 1e6]), ODD), "max_volume": st.one_of(st.sampled_from([1.0, 1.5e167]), ODD),
     "server_time": st.one_of(st.sampled_from(["utc", "us_dst", "+2", "gmt+2"]), ODD), "is_active": st.one_of(st.booleans(), ODD),
     "symbol_suffix": st.one_of(st.sampled_from(["", "m", "!!bad space"]), ODD),
