@@ -196,6 +196,8 @@ class OrderIntent(Message):
     sl: float | None
     tp: float | None
     deviation: int = Field(default=20, ge=0, description="points of slippage accepted")
+    entry: float | None = Field(default=None, description="the signal's entry price: the executor refuses the order when "
+                                "the broker's quote is further than SCALPER_MAX_QUOTE_DEVIATION from it")
     magic: int
     comment: str = Field(pattern=r"^[A-Za-z0-9_-]{1,26}$")
     expires_at: AwareDatetime

@@ -84,8 +84,9 @@ def magic_for(bot_id: int) -> int:
     return MAGIC_BASE + bot_id
 
 
-def order_intent_for(decision: Decision | Decided) -> OrderIntent:
-    """The decision's OrderIntent, the same every time it is built (message id included), for re-publishing."""
+def order_intent_for(decision: Decision | Decided, *, entry: float | None = None) -> OrderIntent:
+    """The decision's OrderIntent, the same every time it is built (message id included), for re-publishing; `entry`
+    is its signal's entry price, which the executor holds against the broker's quote before it sends."""
     assert decision.action == "open" and decision.client_order_id and decision.expires_at
     return OrderIntent(
         message_id=uuid.uuid5(INTENT_NAMESPACE, decision.client_order_id),
@@ -103,6 +104,7 @@ def order_intent_for(decision: Decision | Decided) -> OrderIntent:
         magic=magic_for(decision.bot_id),
         comment=decision.client_order_id,
         expires_at=decision.expires_at,
+        entry=entry,
     )
 
 
@@ -301,7 +303,7 @@ async def handle_signal(
             if existing.action == "open" and existing.order_status == "sent":
                 # Not answered yet: send the same intent again (same message id; the executor keeps one order per
                 # decision), through the outbox like the first, so a decision whose first send was lost still goes out.
-                intent = order_intent_for(existing)
+                intent = order_intent_for(existing, entry=signal.entry)
                 row = await outgoing.enqueue_intent(session=session, intent=intent)
                 return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent, outbox=(row,))
             return SignalOutcome(bot_found=True, signal_new=False, decision=existing)
@@ -341,7 +343,7 @@ async def handle_signal(
         )
     decision = Decided(id=decision_id, **values)
     if result.action == "open":
-        intent = order_intent_for(decision)
+        intent = order_intent_for(decision, entry=signal.entry)
     entries = [signal_audit(signal=signal, now=now, user_id=bot.user_id)] if signal_new else []
     entries.append(
         audit.entry(

@@ -17,6 +17,7 @@ from shared.bus.base import TransientError
 from shared.db.engine import transaction
 from shared.db.models import Order, Position
 from shared.messages import InvalidMessage, OrderIntent
+from shared.sanity import market_order_problem
 from shared.metrics import executor_state_conflicts_total, fills_total, orders_placed_total, signal_to_order_seconds
 
 DEFAULT_DEVIATION = 20  # points; what an order resent from its row (no intent at hand) accepts
@@ -74,7 +75,8 @@ async def process_intent(ex: ExecutorState, intent: OrderIntent) -> None:
     # `settle` expires an intent already past its expiry without calling the broker. An order created just now
     # had its kill-switch block checked in the transaction that recorded it.
     await settle(
-        ex, order, deviation=intent.deviation, produced_at=intent.produced_at, ask_broker_first=not created, block_checked=created
+        ex, order, deviation=intent.deviation, produced_at=intent.produced_at, ask_broker_first=not created, block_checked=created,
+        entry=intent.entry,
     )
 
 
@@ -89,9 +91,11 @@ async def reconcile_unsettled(ex: ExecutorState, *, touched_before: datetime | N
 
 
 async def settle(
-    ex: ExecutorState, order: Order, *, deviation: int, produced_at: datetime | None, ask_broker_first: bool, block_checked: bool = False
+    ex: ExecutorState, order: Order, *, deviation: int, produced_at: datetime | None, ask_broker_first: bool,
+    block_checked: bool = False, entry: float | None = None,
 ) -> None:
-    """Bring an order in `sending` to a final status: reconcile with the broker, expire it, or send it."""
+    """Bring an order in `sending` to a final status: reconcile with the broker, expire it, refuse it at the broker's
+    quote, or send it. `entry` is the signal's entry price (None for an order resent from its row)."""
     broker = ex.brokers[order.account_id]
     if ask_broker_first:
         # The order may have reached the broker before we lost track of it: never resend before asking.
@@ -110,6 +114,11 @@ async def settle(
         if killed is not None:
             await record(ex, order, PlaceResult(status="rejected", reason=BOT_KILLED))
             return
+    problem = await quote_problem(ex, order, entry=entry)
+    if problem is not None:
+        ex.log.warning("order refused at the broker's quote: not sent", client_order_id=order.client_order_id, reason=problem)
+        await record(ex, order, PlaceResult(status="rejected", reason=f"refused at the quote: {problem}"))
+        return
     request = OrderRequest(
         client_order_id=order.client_order_id,
         symbol=order.symbol,
@@ -141,6 +150,18 @@ async def settle(
             row.updated_at = now
         raise TransientError(f"order {order.client_order_id} not placed ({result.retcode}: {result.reason}); retrying until it expires")
     await record(ex, order, result)
+
+
+async def quote_problem(ex: ExecutorState, order: Order, *, entry: float | None) -> str | None:
+    """Why the broker's current quote says this market order must not go (shared/sanity.py), or None. Without a quote
+    the broker itself answers (the paper broker: no price yet, retried)."""
+    quote = await ex.brokers[order.account_id].quote(order.symbol)
+    if quote is None:
+        return None
+    bid, ask = quote
+    fill_at = ask if order.side == "buy" else bid
+    return market_order_problem(order.side, fill_at if entry is None else entry, order.sl, order.tp, bid, ask,
+                                ex.settings.max_quote_deviation)
 
 
 async def exit_on_opposite(ex: ExecutorState, intent: OrderIntent) -> None:

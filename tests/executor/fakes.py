@@ -56,6 +56,9 @@ class CountingBroker:
     async def account(self):
         return await self.inner.account()
 
+    async def quote(self, symbol):
+        return await self.inner.quote(symbol)
+
     async def healthy(self) -> bool:
         return self.is_healthy
 

@@ -227,12 +227,12 @@ async def test_no_price_until_expiry_ends_expired_with_the_brokers_reason(rig):
 
 async def test_a_rejected_order_is_final_and_reported(rig):
     await rig.priced()
-    bad = intent(1, sl=2001.0)  # a long's stop above the bid
+    bad = intent(1, volume=0.013)  # off the lot step: the broker refuses it (the quote check cannot know)
     await rig.service.handle_intent(bad, None)
     [order] = await rig.orders()
-    assert (order.status, order.retcode) == ("rejected", 10016)
+    assert (order.status, order.retcode) == ("rejected", 10014)
     [report] = rig.reports()
-    assert report.status == "rejected" and "invalid stops" in report.reason
+    assert report.status == "rejected" and "invalid volume" in report.reason
     assert await rig.positions() == [] and rig.events() == []
     await rig.service.handle_intent(bad, None)
     assert len(rig.broker.place_calls) == 1
@@ -502,3 +502,29 @@ async def test_a_window_is_fed_only_to_the_paper_brokers_that_need_it(sessions):
     assert fed == [ACCOUNT]  # a newer window: the holder goes first and moves the shared quote for everyone
     assert quotes["XAUUSD"].close == 2000.5
     assert [p.status for p in await Rig(sessions).positions()] == ["open"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"entry": 2100.0}, "signal entry 2100.0 is more than 2.00% from the ask 2000.3"),  # a poisoned window's price
+        ({"sl": 2005.0, "entry": 2000.0}, "sl 2005.0 must be below the bid 2000.0"),  # the market moved through the stop
+        ({"tp": 1995.0, "sl": 1990.0, "entry": 2000.0}, "tp 1995.0 must be above the bid 2000.0"),
+    ],
+)
+async def test_an_order_the_brokers_quote_refutes_is_rejected_unsent(rig, changes, reason):
+    await rig.priced()  # bid 2000.00, ask 2000.30
+    message = intent(1).model_copy(update=changes)
+    await rig.service.handle_intent(message, None)
+    [order] = await rig.orders()
+    assert (order.status, order.reason) == ("rejected", f"refused at the quote: {reason}")
+    assert rig.broker.place_calls == []
+    [report] = rig.reports()
+    assert report.status == "rejected" and reason in report.reason
+
+
+async def test_an_order_near_the_quote_is_sent(rig):
+    await rig.priced()
+    await rig.service.handle_intent(intent(1).model_copy(update={"entry": 2010.0}), None)  # 0.5 % away: within 2 %
+    [order] = await rig.orders()
+    assert order.status == "filled" and len(rig.broker.place_calls) == 1

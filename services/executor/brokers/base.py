@@ -146,6 +146,9 @@ class Broker(Protocol):
 
     async def modify(self, ticket: int, sl: float | None, tp: float | None) -> ModifyResult: ...
 
+    async def quote(self, symbol: str) -> tuple[float, float] | None:
+        """(bid, ask) now, or None without prices."""
+
     async def account(self) -> AccountInfo: ...
 
     async def healthy(self) -> bool: ...
@@ -165,9 +168,6 @@ class TerminalBroker(Broker, Protocol):
 
     async def find_close(self, ticket: int, reason: CloseReason = "manual") -> ClosedPosition | None:
         """How a position the broker no longer has was closed (deal history), or None when it cannot tell."""
-
-    async def quote(self, symbol: str) -> tuple[float, float] | None:
-        """(bid, ask) now, or None without prices."""
 
     async def spec(self, symbol: str) -> SymbolSpec: ...
 

@@ -339,6 +339,15 @@ class PaperBroker:
         pos.sl, pos.tp = sl, tp
         return ModifyResult(ok=True, retcode=RETCODE_DONE)
 
+    async def quote(self, symbol: str) -> tuple[float, float] | None:
+        """(bid, ask) of the latest closed bar: its close and its close plus its spread."""
+        key = canonical_symbol(symbol, self._suffix)
+        bar = self._bars.get(key)
+        if bar is None:
+            return None
+        spec = get_spec(symbol, self._suffix)
+        return bar.close, fills.entry_price("buy", bar.close, bar.spread, spec)
+
     async def account(self) -> AccountInfo:
         return self._account()
 
