@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 
 from services.decision.admin import mount_admin
 from services.decision.app import mount as mount_decision_api
-from services.decision.accounts import create_account
+from services.decision.accounts import create_account, seal_clear_passwords
 from services.decision.bots import DEMO_USER, ensure_demo, setup_bot
 from services.decision.deps import current_user
 from services.decision.service import DecisionService
@@ -33,6 +33,7 @@ from services.strategy.service import StrategyWorker
 from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.db.patience import DatabasePatience
+from shared.secrets import key_for
 from shared.db.models import Bot, BrokerAccount, SignalRow, User
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes
@@ -108,7 +109,9 @@ class EmbeddedStack:
 
     async def start(self) -> Startup:
         await asyncio.to_thread(upgrade, self.settings.database_url)
+        secret_key = key_for(self.settings, embedded=True)  # SCALPER_SECRET_KEY, or var/secret.key made on first start
         async with transaction(self.sessions) as session:
+            await seal_clear_passwords(session=session, key=secret_key)  # rows from before passwords were sealed
             key = await ensure_demo(session=session)
             if self.settings.broker == "mt5":
                 await ensure_mt5_demo(session=session, settings=self.settings)

@@ -28,8 +28,9 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from scalper.embedded import make_feed
 from shared.bus import Bus, create_bus
-from shared.db.engine import create_engine, session_factory, upgrade
+from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.db.patience import DatabasePatience
+from shared.secrets import key_for
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes, require_service_token, service_token_headers
 from shared.logging import get_logger
@@ -93,6 +94,11 @@ def make_clock(settings: Settings, *, feed=None) -> Clock:
     # A time given without a zone (SCALPER_CLOCK_START=2026-03-25T09:00) is read as UTC.
     start, anchor = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (start, anchor))
     return SharedClock(start, anchor, settings.speed)
+
+
+def terminal_observer(clock: Clock):
+    """What tells a terminal-following clock the time a terminal showed (None for the other clocks)."""
+    return clock.observe if isinstance(clock, TerminalClock) else None
 
 
 def instance_name(prefix: str) -> str:
@@ -233,12 +239,16 @@ class DecisionProcess(ServiceProcess):
         self.http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        await upgrade_database(self.settings.database_url)
-        self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_s)
+        from services.decision.accounts import seal_clear_passwords
         from services.decision.service import DecisionService
 
+        await upgrade_database(self.settings.database_url)
+        secret_key = key_for(self.settings, embedded=False)  # SCALPER_SECRET_KEY: required in distributed mode
+        async with transaction(self.sessions) as session:
+            await seal_clear_passwords(session=session, key=secret_key)  # rows from before passwords were sealed
+        self.http = httpx.AsyncClient(timeout=self.settings.http_timeout_s)
         self.service = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings,
-                                       patience=DatabasePatience())
+                                       patience=DatabasePatience(), on_terminal_time=terminal_observer(self.clock))
         await self.service.start()  # starts the bus too
         await self.service.refresh_plan()
 
@@ -340,6 +350,7 @@ class ExecutorProcess(ServiceProcess):
     async def start(self) -> None:
         from services.executor.build import build_executor
 
+        key_for(self.settings, embedded=False)  # fails fast without SCALPER_SECRET_KEY; opens the accounts' passwords
         await upgrade_database(self.settings.database_url)
         await self.bus.start()
         self.service = build_executor(

@@ -177,6 +177,7 @@ class TerminalClock:
         self._anchor_mono = time.monotonic()
         self._shown = self._anchor  # the latest time now() returned: the floor of every later answer
         self._guessing = start is None  # no time known yet: the first observation anchors whatever it says
+        self._set_backs = 0  # how often the clock was set back (only the first observation of a guess may)
         self._observed_at: datetime | None = None
         self._ignored = 0
         self._wakers: set[asyncio.Future[None]] = set()
@@ -216,6 +217,8 @@ class TerminalClock:
             if self._guessing or correction > timedelta(0):
                 self._anchor, self._anchor_mono, self._shown = observed, time.monotonic(), observed
                 wakers, self._wakers = self._wakers, set()
+                if correction < timedelta(0):
+                    self._set_backs += 1  # the guess was ahead: sleepers return and their callers plan again
             elif -correction <= self._max_hold:
                 self._anchor, self._anchor_mono = observed, time.monotonic()
             else:
@@ -228,12 +231,15 @@ class TerminalClock:
 
     async def sleep_until(self, when: datetime) -> None:
         """Sleep until the clock shows `when`; wake early on a forward re-anchor, and at least every max_sleep_s
-        real seconds to re-check (a terminal's time may move in ways no sleep computed up front foresees)."""
+        real seconds to re-check (a terminal's time may move in ways no sleep computed up front foresees). Return at
+        once when the clock is set back (a first reading behind the guess): `when` was planned on the wrong time, and
+        the caller plans again from the new one."""
         when = ensure_utc(when)
         loop = asyncio.get_running_loop()
+        set_backs = self._set_backs
         while True:
             remaining = (when - self.now()).total_seconds()
-            if remaining <= 0:
+            if remaining <= 0 or self._set_backs != set_backs:
                 return
             waker: asyncio.Future[None] = loop.create_future()
             with self._lock:

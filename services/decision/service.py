@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -73,8 +73,11 @@ class DecisionService:
         lookback_for: LookbackFor | None = None,
         outbox: OutboxRelay | None = None,
         patience: Patience | None = None,
+        on_terminal_time: Callable[[datetime], None] | None = None,
     ) -> None:
         self._bus = bus
+        # Told the time an executor's terminal showed when it took a snapshot (a terminal-following clock, mt5 feed).
+        self._on_terminal_time = on_terminal_time
         self._patience: Patience = patience or NO_PATIENCE  # how the consumers meet an unreachable database
         self.outbox = outbox or OutboxRelay(bus=bus, sessions=sessions)
         self._sessions = sessions
@@ -321,6 +324,8 @@ class DecisionService:
         if current is not None and snapshot.taken_at < current.taken_at:
             return
         self.snapshots[snapshot.account_id] = snapshot
+        if self._on_terminal_time is not None:
+            self._on_terminal_time(snapshot.taken_at)
         for spec in snapshot.specs:
             learn_spec(spec)  # the broker's own specs size, round and convert this account's orders from now on
         async with transaction(self._sessions) as session:

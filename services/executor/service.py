@@ -371,6 +371,8 @@ class ExecutorService:
             now = self._clock.now()
             if next_at <= now - interval:
                 next_at = now  # fell more than a cycle behind (slow broker, clock jump): do not run a burst of cycles
+            elif next_at > now + interval:
+                next_at = now  # the clock was set back (a terminal's first reading behind the guess): plan from now
 
     async def reconcile_unsettled(self) -> None:
         """Settle every order left in `sending` (start-up, or an intent whose deliveries ran out): ask the broker first.

@@ -155,6 +155,8 @@ class MarketDataService:
         `interval`: every scan_interval_s from the first scan (which is at once), skipping any missed.
         `aligned`: one second after each M1 close (hh:mm:01).
         """
+        if after is not None and after > now + timedelta(seconds=max(self._settings.scan_interval_s, BAR_SECONDS)):
+            after = None  # the clock was set back (a terminal's first reading behind the guess): plan from now
         if self._settings.scan_mode == "aligned":
             t = now if after is None else max(now, after + timedelta(microseconds=1))
             slot = floor_minute(t) + ALIGNED_DELAY

@@ -28,6 +28,7 @@ PG_ADMIN_URL = os.environ.get("SCALPER_TEST_POSTGRES_URL", "postgresql+asyncpg:/
 
 
 SERVICE_TOKEN = f"test-token-{uuid.uuid4().hex}"
+SECRET_KEY = f"test-secret-key-{uuid.uuid4().hex}"  # 32+ characters, as SCALPER_SECRET_KEY takes
 
 
 def free_port() -> int:
@@ -224,6 +225,8 @@ def base_env(*, bus_url: str, database_url: str, feed: str, clock_start, speed: 
         "SCALPER_SCAN_MODE": "aligned",
         # the routes of market data, strategy and the executor answer only calls carrying it
         "SCALPER_SERVICE_TOKEN": SERVICE_TOKEN,
+        # decision and the executor seal and open MT5 passwords with it (required in distributed mode)
+        "SCALPER_SECRET_KEY": SECRET_KEY,
     }
     env.update({k if k.startswith("SCALPER_") else f"SCALPER_{k.upper()}": str(v) for k, v in extra.items()})
     return env

@@ -220,6 +220,12 @@ def test_next_scan_times():
     assert aligned.next_scan_at(after=utc(2025, 3, 12, 10, 1, 1), now=utc(2025, 3, 12, 10, 1, 1)) == utc(2025, 3, 12, 10, 2, 1)
     assert aligned.next_scan_at(after=utc(2025, 3, 12, 10, 1, 1), now=utc(2025, 3, 12, 10, 4, 30)) == utc(2025, 3, 12, 10, 5, 1)
 
+    # A clock set back (an MT5 terminal's first reading, months behind the machine's clock it was guessed from): the
+    # scan due on the old time is planned again from now, or scanning would stop until the old time came round.
+    months_ahead = t + timedelta(days=240)
+    assert interval.next_scan_at(after=months_ahead, now=t) == t
+    assert aligned.next_scan_at(after=months_ahead, now=t) == utc(2025, 3, 12, 10, 1, 1)
+
 
 @pytest.fixture
 async def memory_bus():

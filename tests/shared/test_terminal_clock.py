@@ -174,3 +174,21 @@ async def test_a_cancelled_sleeper_leaves_no_waker_behind():
     with pytest.raises(asyncio.CancelledError):
         await sleeper
     assert not clock._wakers  # noqa: SLF001
+
+
+async def test_a_sleeper_returns_when_the_first_reading_sets_a_guessed_clock_back():
+    """Planned on the machine's clock (the guess), a sleep until `now + 45 s` would otherwise last until the terminal's
+    time, months behind, came round to it; it returns, and the caller plans again on the terminal's time."""
+    clock = TerminalClock(speed=1.0)  # no start: a guess
+    sleeper = asyncio.create_task(clock.sleep_until(clock.now() + timedelta(seconds=45)))
+    await asyncio.sleep(0.05)
+    assert not sleeper.done()
+    clock.observe(datetime(2026, 4, 1, 17, 0, tzinfo=UTC))
+    async with asyncio.timeout(1):
+        await sleeper
+    # From now on the clock only holds still or ignores readings behind it: sleepers are not cut short again.
+    again = asyncio.create_task(clock.sleep_until(clock.now() + timedelta(seconds=0.3)))
+    clock.observe(datetime(2026, 4, 1, 16, 0, tzinfo=UTC))
+    await asyncio.sleep(0.1)
+    assert not again.done()
+    await again
