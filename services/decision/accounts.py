@@ -6,6 +6,8 @@ stay references; nothing is stored in clear. Functions here add and flush; the c
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,17 +48,19 @@ async def get_account(*, session: AsyncSession, owner_id: int, account_id: int) 
 
 
 async def create_account(*, session: AsyncSession, owner_id: int, values: dict, actor: str,
-                         secret_key: str | None = None) -> BrokerAccount:
-    """`secret_key` seals a literal password (default: the key of this process, shared.secrets.current_key)."""
+                         secret_key: str | None = None, now: datetime | None = None) -> BrokerAccount:
+    """`secret_key` seals a literal password (default: the key of this process, shared.secrets.current_key); `now` is
+    the service clock's time (a route's), stamped on the row and its audit entry."""
     values = dict(values)
     password = values.pop("password", None)
     if not values.get("name"):
         values["name"] = values.get("broker", "paper") + (f" {values['login']}" if values.get("login") else "")
-    account = BrokerAccount(user_id=owner_id, password_ref=secrets.stored_form(password, secret_key), **values)
+    stamp = {} if now is None else {"created_at": now}
+    account = BrokerAccount(user_id=owner_id, password_ref=secrets.stored_form(password, secret_key), **stamp, **values)
     session.add(account)
     await session.flush()
     audit.record(
-        session=session, kind="account", entity_id=account.id, user_id=owner_id, actor=actor,
+        session=session, kind="account", entity_id=account.id, user_id=owner_id, actor=actor, at=now,
         message=f"account created: {account.broker} {account.login or ''}".strip(), after={**_state(account), "password_set": bool(password)},
     )
     return account
@@ -72,7 +76,7 @@ def _same_password(stored: str | None, given: str, key: str | None) -> bool:
 
 
 async def update_account(*, session: AsyncSession, account: BrokerAccount, values: dict, actor: str,
-                         secret_key: str | None = None) -> list[str]:
+                         secret_key: str | None = None, now: datetime | None = None) -> list[str]:
     before = _state(account)
     password_changed = False
     for name, value in values.items():
@@ -88,7 +92,7 @@ async def update_account(*, session: AsyncSession, account: BrokerAccount, value
     changed = [k for k in after if after[k] != before[k]]
     if changed or password_changed:
         audit.record(
-            session=session, kind="account", entity_id=account.id, user_id=account.user_id, actor=actor,
+            session=session, kind="account", entity_id=account.id, user_id=account.user_id, actor=actor, at=now,
             message=f"account updated: {', '.join(changed + (['password'] if password_changed else []))}",
             before={k: before[k] for k in changed}, after={**{k: after[k] for k in changed}, **({"password": "changed"} if password_changed else {})},
         )

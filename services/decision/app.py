@@ -242,7 +242,7 @@ def create_router(service, *, served_symbols: ServedSymbols | None = None) -> AP
     @router.post("/accounts", response_model=AccountPublic, status_code=201, tags=["accounts"])
     async def create_account(body: AccountCreate, user: CurrentUser, session: Session) -> Any:
         try:
-            account = await accounts.create_account(session=session, owner_id=user.id, values=body.model_dump(), actor=_actor(user))
+            account = await accounts.create_account(session=session, owner_id=user.id, values=body.model_dump(), actor=_actor(user), now=_now())
         except SecretError as exc:  # a sealed value that does not open with this install's key; never echoed
             raise unprocessable("password", f"password: {exc}") from None
         await session.commit()
@@ -268,7 +268,7 @@ def create_router(service, *, served_symbols: ServedSymbols | None = None) -> AP
                 if name in values and not values[name]:
                     raise unprocessable(name, f"an mt5 account needs a {name}: give one, or leave the field out")
         try:
-            changed = await accounts.update_account(session=session, account=account, values=values, actor=_actor(user))
+            changed = await accounts.update_account(session=session, account=account, values=values, actor=_actor(user), now=_now())
         except SecretError as exc:
             raise unprocessable("password", f"password: {exc}") from None
         await session.commit()

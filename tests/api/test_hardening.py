@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from services.decision.app import SymbolsUnavailable, mount
 from services.decision.service import DecisionService
-from shared.db.models import AuditLog, Bot
+from shared.db.models import AuditLog, Bot, BrokerAccount
 from tests.api.api_helpers import bot_row, new_account, new_bot
 from tests.decision.decision_helpers import T0, RecordingBus, make_settings
 
@@ -177,8 +177,13 @@ async def test_a_refused_password_is_not_echoed_even_when_the_routes_are_mounted
 async def test_every_route_stamps_the_service_clocks_time(api, alice):
     api.clock.set(T0 + timedelta(days=3))  # far from the wall clock: a wall-clock stamp cannot pass for it
     account = await new_account(api, alice)
+    async with api.sessions() as s:
+        row = await s.get(BrokerAccount, account["id"])
+        created = (await s.execute(select(AuditLog).where(AuditLog.kind == "account").order_by(AuditLog.id.desc()).limit(1))).scalar_one()
+    assert row.created_at.replace(tzinfo=T0.tzinfo) == api.clock.now() == created.at.replace(tzinfo=T0.tzinfo)
     bot = await new_bot(api, alice, account["id"])
     steps = [
+        ("patch", f"/api/v1/accounts/{account['id']}", {"leverage": 50}),
         ("patch", f"/api/v1/bots/{bot['id']}", {"default_qty": 0.02}),
         ("post", f"/api/v1/bots/{bot['id']}/pause", None),
         ("post", f"/api/v1/bots/{bot['id']}/resume", None),
