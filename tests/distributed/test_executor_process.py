@@ -83,17 +83,22 @@ class Stack:
         # --speed 1: the simulated terminal's clock runs with the wall clock, as a real terminal's does.
         self.sim = start_sim(tmp / "sim.err", "--data", str(data), "--data-time", "utc", "--symbol", "XAUUSD",
                              "--suffix", "m", "--server-time", "us_dst", "--start", now.isoformat(), "--speed", "1")
-        self.bridge = rpyc.classic.connect("127.0.0.1", self.sim.port)
-        self.mt5 = self.bridge.modules["mt5sim.bridge"].control  # the session the executor's client shares
-        assert self.mt5.initialize(), self.mt5.last_error()
-        assert self.mt5.symbol_select(SYMBOL, True)
-        self.db = tmp / "executor.db"
-        self.bus_url = kit.amqp_url(vhost)
-        self._make_tables()
-        self.tap = EventTap(self.bus_url)
         self.proc: subprocess.Popen | None = None
         self.log = tmp / "executor.log"
         self.runs = 0
+        self.bridge = self.tap = None
+        try:
+            self.bridge = rpyc.classic.connect("127.0.0.1", self.sim.port)
+            self.mt5 = self.bridge.modules["mt5sim.bridge"].control  # the session the executor's client shares
+            assert self.mt5.initialize(), self.mt5.last_error()
+            assert self.mt5.symbol_select(SYMBOL, True)
+            self.db = tmp / "executor.db"
+            self.bus_url = kit.amqp_url(vhost)
+            self._make_tables()
+            self.tap = EventTap(self.bus_url)
+        except BaseException:
+            self.close()  # the simulator process must not outlive a failed set-up
+            raise
 
     def _make_tables(self) -> None:
         env = {**kit.base_env(bus_url="memory://", database_url=f"sqlite+aiosqlite:///{self.db}", feed="synthetic",
@@ -132,8 +137,10 @@ class Stack:
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
-        self.tap.close()
-        self.bridge.close()
+        if self.tap is not None:
+            self.tap.close()
+        if self.bridge is not None:
+            self.bridge.close()
         stop(self.sim.proc)
 
     def send(self, message: Message) -> None:
