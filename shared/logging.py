@@ -160,6 +160,7 @@ class OffLoopStreamHandler(logging.Handler):
         self.stream = stream
         self.max_pending = max_pending
         self.dropped = 0
+        self.lost = 0  # lines the stream refused (closed, broken): nowhere left to say so but this count
         self._pending: collections.deque[str] = collections.deque()
         self._wake = threading.Event()
         self._io = threading.Lock()
@@ -226,7 +227,7 @@ class OffLoopStreamHandler(logging.Handler):
             self.stream.write(line)
             self.stream.flush()
         except Exception:  # noqa: BLE001  a closed or broken stream loses the line, never the caller
-            pass
+            self.lost += 1  # counted: the logger cannot log its own stream's failure on that stream
 
 
 def _on_event_loop() -> bool:
