@@ -135,6 +135,11 @@ def broker_spec(symbol: str, suffix: str | None = None) -> SymbolSpec | None:
     return _BROKER_SPECS.get(canonical_symbol(symbol, suffix))
 
 
+def has_spec(symbol: str, suffix: str | None = None) -> bool:
+    """Whether a broker or the shipped table describes this instrument (get_spec would answer)."""
+    return _known(canonical_symbol(symbol, suffix))
+
+
 def forget_broker_specs() -> None:
     """Drop every learnt spec (tests)."""
     _BROKER_SPECS.clear()

@@ -41,7 +41,8 @@ from services.decision.schemas import (
     StatsPublic,
     UserPublic,
 )
-from shared.db.models import ApiKey, Bot
+from shared.db.models import ApiKey, Bot, BrokerAccount
+from shared.symbols import has_spec
 from shared.messages import ExecutorCommand
 from shared.secrets import SecretError
 
@@ -294,11 +295,25 @@ def create_router(service, *, served_symbols: ServedSymbols | None = None) -> AP
             data=[_bot_public(b) for b in rows], count=len(rows), next_cursor=queries.encode_cursor(rows[-1].id) if more and rows else None
         )
 
+    async def _broker_describes(session, user, account_id: int | None, symbol: str | None) -> None:
+        """A symbol no spec describes yet, on the user's mt5 account: its terminal describes it (its spec is learnt on
+        the way) or says why not, and that reason is the 422."""
+        if account_id is None or symbol is None:
+            return
+        account = await session.get(BrokerAccount, account_id)
+        if account is None or account.user_id != user.id or account.broker != "mt5" or has_spec(symbol, account.symbol_suffix):
+            return
+        reason = await service.ask_broker_for_symbol(account_id=account.id, symbol=symbol)
+        if reason is not None:
+            raise unprocessable("symbol", f"the broker of account {account.id} cannot serve {symbol}: {reason}")
+
     @router.post("/bots", response_model=BotPublic, status_code=201, responses=CONFLICT, tags=["bots"])
     async def create_bot(body: BotCreate, user: CurrentUser, session: Session) -> Any:
+        values = body.model_dump(exclude_unset=True)
+        await _broker_describes(session, user, values.get("account_id"), values.get("symbol"))
         try:
             bot = await bots.create_bot(
-                session=session, owner_id=user.id, values=body.model_dump(exclude_unset=True), actor=_actor(user), now=_now(),
+                session=session, owner_id=user.id, values=values, actor=_actor(user), now=_now(),
                 served=await _served(),
             )
         except bots.BotSetupError as exc:
@@ -316,8 +331,10 @@ def create_router(service, *, served_symbols: ServedSymbols | None = None) -> AP
     @router.patch("/bots/{bot_id}", response_model=BotPublic, responses=CONFLICT, tags=["bots"])
     async def update_bot(bot_id: Id, body: BotUpdate, user: CurrentUser, session: Session) -> Any:
         bot = await _bot(session, user, bot_id)
+        values = body.model_dump(exclude_unset=True)
+        if values.get("symbol") not in (None, bot.symbol):
+            await _broker_describes(session, user, bot.account_id, values["symbol"])
         try:
-            values = body.model_dump(exclude_unset=True)
             served = await _served() if values.get("symbol") not in (None, bot.symbol) else None
             changed = await bots.update_bot(session=session, bot=bot, values=values, actor=_actor(user), now=_now(), served=served)
         except bots.BotSetupError as exc:

@@ -36,6 +36,7 @@ from shared.db.models import BrokerAccount
 from shared.metrics import decision_ignored_total, decisions_total, kill_switch_trips_total, signals_ingested_total
 from shared.outbox import OutboxRelay, Pending
 from shared.settings import Settings
+from shared.rates import RatesClient, RatesUnavailable
 from shared.symbols import canonical_symbol, learn_spec
 from shared.timeutil import Clock
 
@@ -78,6 +79,7 @@ class DecisionService:
         self._bus = bus
         # Told the time an executor's terminal showed when it took a snapshot (a terminal-following clock, mt5 feed).
         self._on_terminal_time = on_terminal_time
+        self._rates: RatesClient | None = None  # made on first use: asks a terminal to describe a symbol
         self._patience: Patience = patience or NO_PATIENCE  # how the consumers meet an unreachable database
         self.outbox = outbox or OutboxRelay(bus=bus, sessions=sessions)
         self._sessions = sessions
@@ -117,6 +119,9 @@ class DecisionService:
         for consumer in self._consumers:
             await consumer.cancel()
         self._consumers.clear()
+        if self._rates is not None:
+            await self._rates.close()
+            self._rates = None
         await self.outbox.stop()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -359,6 +364,17 @@ class DecisionService:
         await self.send_committed(rows)
         await self.refresh_plan_quietly()
         return [bot.id for bot, _ in tripped]
+
+    async def ask_broker_for_symbol(self, *, account_id: int, symbol: str) -> str | None:
+        """Have the account's terminal describe `symbol` over the rates RPC (its spec is learnt from the reply, and
+        sizes the bot's orders from then on); None when it did, else the broker's (or the bus's) reason."""
+        if self._rates is None:
+            self._rates = RatesClient(self._bus, timeout_s=self._settings.http_timeout_s)
+        try:
+            await self._rates.fetch(account_id=account_id, symbol=symbol, count=1)
+        except RatesUnavailable as exc:
+            return str(exc)
+        return None
 
     async def refresh_plan_quietly(self) -> None:
         """refresh_plan after a change that has committed already: a failure is logged, and the plan loop retries."""

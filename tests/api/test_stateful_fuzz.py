@@ -153,6 +153,13 @@ class ApiSequences(RuleBasedStateMachine):
     def delete_bot(self, bot):
         self._call("DELETE", f"/api/v1/bots/{bot}")
 
+    @rule(account=accounts, symbol=st.sampled_from(["XAUUSDm", "EURUSDm"]))
+    def create_then_delete(self, account, symbol):
+        """A bot with no trades made and deleted at once: the delete path is reached in every run, not by luck."""
+        answer = self._call("POST", "/api/v1/bots", body={"account_id": account, "symbol": symbol})
+        if answer.status_code == 201:
+            self._call("DELETE", f"/api/v1/bots/{answer.json()['id']}")
+
     @rule(raw=RAW_BODIES)
     def kill_all(self, raw):
         self._call("POST", "/api/v1/kill", raw=raw)
