@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_make_test_fails_when_pytest_collects_nothing():
-    env = {**os.environ, "PYTEST_ARGS": "tests/cli -k no_test_has_this_name_zz"}
+    # Not the outer make's flags: `make test PYTEST_ARGS=...` passes its override down in MAKEFLAGS, which would beat ours.
+    outer = {"MAKEFLAGS", "MAKEOVERRIDES", "MFLAGS", "MAKELEVEL"}
+    env = {**{k: v for k, v in os.environ.items() if k not in outer}, "PYTEST_ARGS": "tests/cli -k no_test_has_this_name_zz"}
     result = subprocess.run(["make", "-s", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "collected no tests" in result.stdout + result.stderr
