@@ -54,6 +54,14 @@ class AdvisoryLock:
         return bool(self._locked)
 
     async def try_acquire(self, account_ids: list[int]) -> bool:
+        if self._locked and self._conn is not None and not self._conn.is_closed():
+            try:  # the locks live exactly as long as this connection (asked each monitor cycle, not per order)
+                await self._conn.fetchval("SELECT 1", timeout=5)
+            except Exception as exc:  # noqa: BLE001  the connection is gone, and the locks with it
+                log.warning("executor leader lock lost with its connection", error=repr(exc))
+                await self.release()
+        if self._conn is None or self._conn.is_closed():
+            self._locked.clear()  # the locks died with their connection (a database restart): take them again
         wanted = [a for a in account_ids if a not in self._locked]
         if not wanted:
             return True
@@ -62,8 +70,6 @@ class AdvisoryLock:
 
         try:
             if self._conn is None or self._conn.is_closed():
-                self._locked.clear()
-                wanted = list(account_ids)
                 dsn = make_url(self._url).set(drivername="postgresql").render_as_string(hide_password=False)
                 self._conn = await asyncpg.connect(dsn, timeout=5)
             got = [await self._conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", self.NAMESPACE, a) for a in wanted]
