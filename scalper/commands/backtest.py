@@ -58,7 +58,7 @@ def backtest(
     from scalper.backtest.report import to_html, to_json
     from services.decision.risk import BotRules
     from services.executor.rules import PositionRules
-    from shared.loaders import load_m1
+    from shared.loaders import load_m1, no_bars_message
     from shared.messages import StrategyConfig
     from shared.strategies import catalog
     from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
@@ -85,6 +85,8 @@ def backtest(
         raise _fail(f"{file}: {exc}") from None
     for warning in loaded.warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    if not loaded.rows:
+        raise _fail(no_bars_message(loaded, file))
     if symbol is None:
         match = re.match(r"[A-Za-z]+", file.stem)
         symbol = match.group(0).upper() if match else file.stem

@@ -21,7 +21,7 @@ def check(
     max_rows: Annotated[int, typer.Option(help="rejected rows listed in the table (all in --json)")] = 20,
 ) -> None:
     """Detect the format, parse, validate; print rows, first and last bar in UTC, gaps, and rows rejected and why."""
-    from shared.loaders import load_m1
+    from shared.loaders import load_m1, no_bars_message
 
     try:
         result = load_m1(file, utc_offset_hours=utc_offset, tz=tz, server_time=server_time)
@@ -34,8 +34,11 @@ def check(
     summary = result.summary()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-        return
-    _print_table(file, summary, max_rows)
+    else:
+        _print_table(file, summary, max_rows)
+    if not result.rows:  # no silent success: a file without one usable bar is an error
+        typer.secho(f"error: {no_bars_message(result, file)}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2)
 
 
 def _print_table(file: Path, s: dict, max_rows: int) -> None:

@@ -138,9 +138,10 @@ def test_mt5_rates_csv_with_epoch_times(tmp_path):
     ("text", "why"),
     [
         ("", "empty"),
-        ("hello world\n", "no `,` `;` or tab"),
+        ("helloworld\n", "no `,` `;` `|` tab or space separator"),
+        ("hello world\n", "lacks open, high, low, close"),
         ("x,y,z\n1,2,3\n", "lacks open, high, low, close"),
-        ("2024-05-29 10:00,1,2,0.5,1.5\n", "without a header"),
+        ("2024-05-29 10:00,1,2\n", "data without a header but has 2 fields"),
     ],
 )
 def test_unknown_files_say_why(tmp_path, text, why):
@@ -175,7 +176,7 @@ def test_data_check_json(tmp_path):
     out = CliRunner().invoke(app, ["data", "check", str(path), "--json", "--utc-offset", "2"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
-    assert set(doc) == {"format", "rows", "rejected", "dropped_flat", "first", "last", "gaps", "warnings"}
+    assert set(doc) == {"format", "rows", "rejected", "dropped_flat", "first", "last", "gaps", "warnings", "suggestion"}
     assert doc["format"] == "mt4_csv" and doc["rows"] == 1 and doc["first"] == "2024-05-28T22:00:00+00:00"
     assert doc["rejected"] == [{"line": 2, "reason": "open_close_outside_range"}]
 
