@@ -177,7 +177,7 @@ def test_the_image_runs_the_scalper_script():
         assert re.search(rf"^COPY {folder} ", dockerfile, re.M), f"the image lacks {folder}/"
 
 
-def test_prometheus_scrapes_every_service_at_its_compose_name_and_port(compose, scalper_services):
+def test_prometheus_scrapes_every_service_at_its_compose_name_and_port(compose, scalper_services, standby_services):
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     targets: set[str] = set()
     for job in config["scrape_configs"]:
@@ -185,8 +185,9 @@ def test_prometheus_scrapes_every_service_at_its_compose_name_and_port(compose, 
             targets |= set(static["targets"])
         for sd in job.get("dns_sd_configs", []):
             targets |= {f"{name}:{sd['port']}" for name in sd["names"]}
-    expected = {f"{svc['compose_name']}:{DEFAULT_PORTS[service]}" for service, svc in scalper_services.items()}
-    assert targets == expected
+    expected = {f"{svc['compose_name']}:{DEFAULT_PORTS[service]}"
+                for served in (scalper_services, standby_services) for service, svc in served.items()}
+    assert targets == expected  # the standbys too: a standby that took over is the one whose metrics matter
     # The rule file Prometheus loads is the one shipped, mounted where the config says.
     mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["prometheus"]["volumes"] if m.startswith("./")}
     for rule_file in config["rule_files"]:
