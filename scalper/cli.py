@@ -48,7 +48,9 @@ def run(
     settings = Settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     try:
-        stack = EmbeddedStack(settings, feed=make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset))
+        # The mt5 feed needs the stack's bus and clock: the stack makes it itself.
+        feed_in = None if settings.feed == "mt5" else make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset)
+        stack = EmbeddedStack(settings, feed=feed_in)
     except (FeedError, ValueError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"Scalper embedded stack on http://{host}:{settings.port}  (feed {settings.feed}, speed x{settings.speed:g}); Ctrl-C stops it.")

@@ -66,7 +66,7 @@ def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None 
         return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset)
     if feed == "mt5":
         if bus is None or clock is None:
-            return None  # `scalper run` asks before it has a bus or a clock: EmbeddedStack(feed=None) builds it on its own
+            raise FeedError("the mt5 feed reads the executors' MT5 sessions over the bus: it needs the bus and the clock")
         on_terminal_time = clock.observe if isinstance(clock, TerminalClock) else None
         return MT5Feed(bus=bus, clock=clock, server_time=server_time, on_terminal_time=on_terminal_time)
     raise FeedError(f"unknown feed {feed!r}: use synthetic, replay:PATH or mt5")

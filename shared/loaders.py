@@ -8,7 +8,6 @@ by its line number without pandas ever holding it."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import tempfile

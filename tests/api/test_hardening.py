@@ -11,10 +11,9 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from services.decision.app import SymbolsUnavailable, mount
-from services.decision.service import DecisionService
 from shared.db.models import AuditLog, Bot, BrokerAccount
 from tests.api.api_helpers import bot_row, new_account, new_bot
-from tests.decision.decision_helpers import T0, RecordingBus, make_settings
+from tests.decision.decision_helpers import T0
 
 
 # --- bodies ---------------------------------------------------------------------------------------------------
