@@ -41,7 +41,7 @@ from shared.logging import get_logger
 from shared.settings import Settings
 from shared.symbols import canonical_symbol
 from shared.telemetry import MetricsSampler, configure_telemetry
-from shared.timeutil import AcceleratedClock, Clock, TerminalClock, floor_minute
+from shared.timeutil import AcceleratedClock, Clock, TerminalClock, floor_minute, terminal_observer
 
 log = get_logger(__name__)
 
@@ -67,8 +67,7 @@ def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None 
     if feed == "mt5":
         if bus is None or clock is None:
             raise FeedError("the mt5 feed reads the executors' MT5 sessions over the bus: it needs the bus and the clock")
-        on_terminal_time = clock.observe if isinstance(clock, TerminalClock) else None
-        return MT5Feed(bus=bus, clock=clock, server_time=server_time, on_terminal_time=on_terminal_time)
+        return MT5Feed(bus=bus, clock=clock, server_time=server_time, on_terminal_time=terminal_observer(clock))
     raise FeedError(f"unknown feed {feed!r}: use synthetic, replay:PATH or mt5")
 
 

@@ -36,7 +36,7 @@ from shared.http import add_ops_routes, require_service_token, service_token_hea
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.telemetry import MetricsSampler, configure_telemetry
-from shared.timeutil import Clock, TerminalClock, ensure_utc, utcnow
+from shared.timeutil import Clock, TerminalClock, ensure_utc, terminal_observer, utcnow
 
 log = get_logger(__name__)
 
@@ -94,11 +94,6 @@ def make_clock(settings: Settings, *, feed=None) -> Clock:
     # A time given without a zone (SCALPER_CLOCK_START=2026-03-25T09:00) is read as UTC.
     start, anchor = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (start, anchor))
     return SharedClock(start, anchor, settings.speed)
-
-
-def terminal_observer(clock: Clock):
-    """What tells a terminal-following clock the time a terminal showed (None for the other clocks)."""
-    return clock.observe if isinstance(clock, TerminalClock) else None
 
 
 def instance_name(prefix: str) -> str:

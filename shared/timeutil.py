@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
@@ -257,3 +258,8 @@ class TerminalClock:
 def _wake(waker: asyncio.Future[None]) -> None:
     if not waker.done():
         waker.set_result(None)
+
+
+def terminal_observer(clock: Clock) -> Callable[[datetime], object] | None:
+    """What tells `clock` the time a terminal showed: a TerminalClock's `observe`; None for the clocks that follow none."""
+    return clock.observe if isinstance(clock, TerminalClock) else None

@@ -24,7 +24,7 @@ from shared.bus.base import Bus
 from shared.db.models import BrokerAccount
 from shared.db.patience import DatabasePatience, Patience
 from shared.settings import Settings
-from shared.timeutil import Clock, TerminalClock
+from shared.timeutil import Clock, terminal_observer
 
 BROKER_KINDS = ("paper", "mt5")
 
@@ -85,5 +85,5 @@ def build_executor(
         leadership=leadership or leadership_for(settings.database_url),
         patience=patience or DatabasePatience(),
         accounts=AccountBrokers(sessions=sessions, settings=settings, clock=clock, account_id=account_id, mt5_connect=mt5_connect),
-        on_terminal_time=clock.observe if isinstance(clock, TerminalClock) else None,
+        on_terminal_time=terminal_observer(clock),
     )
