@@ -17,7 +17,7 @@ from shared.bars import Bars
 from shared.symbols import SymbolSpec
 from shared.timeutil import utcnow
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: ScanResult
 SIGNAL_NAMESPACE = uuid.UUID("5b0c7c1e-3d4a-4f6b-9a55-2f1c8e1d9a10")
 
 Side = Literal["buy", "sell"]
@@ -179,6 +179,18 @@ class ScanReport(Message):
     bots: tuple[BotScan, ...]
 
 
+class ScanResult(Message):
+    """A window's Signals and its ScanReport in one message (1.1), which strategy workers send instead of the
+    Signals one by one and the report after them: decision decides a window's signals for each account together,
+    in one transaction, and acks the window once they are all decided. Decision still takes Signal and ScanReport
+    messages alone (a worker of 1.0)."""
+
+    type_name: ClassVar[str] = "ScanResult"
+
+    signals: tuple[Signal, ...]
+    report: ScanReport
+
+
 # --- decision -> executor ----------------------------------------------------------------------------------
 
 
@@ -296,7 +308,7 @@ class RatesReply(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type_name: cls
-    for cls in (ScanPlan, BarWindow, Signal, ScanReport, OrderIntent, ExecutorCommand, ExecutionReport, PositionEvent, AccountSnapshot, RatesRequest, RatesReply)
+    for cls in (ScanPlan, BarWindow, Signal, ScanReport, ScanResult, OrderIntent, ExecutorCommand, ExecutionReport, PositionEvent, AccountSnapshot, RatesRequest, RatesReply)
 }
 
 
