@@ -250,9 +250,10 @@ async def throughput(url: str, windows, workers: int, symbols: int, *, consume: 
                  rest_cpu_ms=max(0.0, busy - worker_cpu) * per_window_ms, busy=busy / max(total_after - total_before, 1e-9))
 
 
-async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> float:
+async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> tuple[float, float]:
     """One scan (a window per symbol, every bot subscribed), two workers: seconds from the first publish until every
-    window is decided (`decide`), or, the floor, until every window's ScanResult is taken off decision's queue."""
+    window is decided (`decide`), or, the floor, until every window's ScanResult is taken off decision's queue; and
+    this process's CPU seconds meanwhile (decision's, or the floor's consumer's)."""
     from scalper.serve import SharedClock
     from services.decision.service import DecisionService
     from shared.bus import create_bus
@@ -285,6 +286,8 @@ async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> flo
 
         decision.handle_scan_report = counted  # type: ignore[method-assign]
         await decision.start()
+        while decision.last_plan is None:  # steady state: the plan of the 10,000 bots is built before the scan comes
+            await asyncio.sleep(0.05)
     else:
         await bus.start()
         await bus.delete_queue(topology.DECISION_SIGNALS.name)
@@ -305,10 +308,10 @@ async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> flo
     go(procs)
     await asyncio.sleep(1.0)  # both consumers attached
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await publish_all(bus, windows)
         await asyncio.wait_for(done.wait(), 600)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         stop(procs)
         if decision is not None:
@@ -319,7 +322,21 @@ async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> flo
             await bus.delete_queue(topology.executor_orders_queue(account_id).name)
         await bus.close()
         await engine.dispose()
-    return elapsed
+    return elapsed, cpu
+
+
+async def decision_counts(pg: str) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from shared.db.engine import create_engine, session_factory
+    from shared.db.models import Decision
+
+    engine = create_engine(pg)
+    try:
+        async with session_factory(engine)() as session:
+            return dict((await session.execute(select(Decision.action, func.count()).group_by(Decision.action))).all())
+    finally:
+        await engine.dispose()
 
 
 def worker_floor(windows) -> tuple[float, float]:
@@ -386,7 +403,7 @@ def main() -> None:
     vhost = kit.add_vhost()
     pg = kit.create_database()
     url = kit.amqp_url(vhost)
-    drains, scans, floors = [], [], []
+    drains, scans, floors, decided = [], [], [], {}
     try:
         async def build():
             engine, _, plan = await prepare(pg, args.symbols, args.bots_per_symbol)
@@ -403,6 +420,7 @@ def main() -> None:
             windows = scan_sets[run * args.symbols:(run + 1) * args.symbols]
             floors.append(asyncio.run(scan(url, pg, windows, args.symbols, decide=False)))
             scans.append(asyncio.run(scan(url, pg, windows, args.symbols, decide=True)))
+            decided = asyncio.run(decision_counts(pg))
     finally:
         kit.delete_vhost(vhost)
         kit.drop_database(pg)
@@ -419,12 +437,16 @@ def main() -> None:
     print(f"{'  floor: decode + each distinct strategy evaluated once':<58}{floor_us:>13.0f} us   "
           f"(worker / floor {cpu_us / floor_us:.2f})")
     print(f"{'windows/s of the one worker':<58}{statistics.median(d.windows_per_s for d in drains):>13.1f}")
-    ours, floor = statistics.median(scans), statistics.median(floors)
+    ours, floor = statistics.median(t for t, _ in scans), statistics.median(t for t, _ in floors)
+    ours_cpu = statistics.median(c for _, c in scans)
+    signals = sum(decided.values())
     print(f"\nOne scan: {bots} bots over {args.symbols} symbols, 2 workers, decision on PostgreSQL, medians of {args.repeats}")
     print(f"{'decided (publish -> every window decided)':<58}{ours:>10.2f} s   (target 1.2 s; runs: "
-          f"{', '.join(f'{v:.2f}' for v in scans)})")
+          f"{', '.join(f'{t:.2f}' for t, _ in scans)})")
+    print(f"{'  decision process CPU meanwhile':<58}{ours_cpu:>10.2f} s   ({signals} signals decided: {decided}; "
+          f"{ours_cpu * 1000 / max(signals, 1):.2f} ms each)")
     print(f"{'floor (publish -> every ScanResult taken, no decision)':<58}{floor:>10.2f} s   (runs: "
-          f"{', '.join(f'{v:.2f}' for v in floors)})")
+          f"{', '.join(f'{t:.2f}' for t, _ in floors)})")
     print(f"scan decided: ours {ours:.2f} s, floor {floor:.2f} s, ratio {ours / floor:.2f}")
 
 
