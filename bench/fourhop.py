@@ -68,6 +68,7 @@ async def distributed_chain(amqp_url: str, pg_dsn: str, samples: int, *, settle_
     names = [f"fourhop.{i}.{uuid.uuid4().hex[:6]}" for i in range(HOPS)]
     done: asyncio.Queue = asyncio.Queue()
     channels = []
+    consumers = []  # (queue, consumer tag): cancelled before their queues are deleted
     try:
         for i, name in enumerate(names):
             channel = await connection.channel(publisher_confirms=True)
@@ -86,7 +87,7 @@ async def distributed_chain(amqp_url: str, pg_dsn: str, samples: int, *, settle_
                 if nxt is None:
                     done.put_nowait(message.body)
 
-            await queue.consume(handle)
+            consumers.append((queue, await queue.consume(handle)))
         first = channels[0]
         out = []
         for _ in range(samples):
@@ -98,6 +99,8 @@ async def distributed_chain(amqp_url: str, pg_dsn: str, samples: int, *, settle_
             out.append((time.perf_counter() - t0) * 1000)
         return out
     finally:
+        for queue, tag in consumers:
+            await queue.cancel(tag)
         for channel, name in zip(channels, names, strict=False):
             await channel.queue_delete(name)
         await connection.close()
