@@ -277,9 +277,9 @@ async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> tup
         decision = DecisionService(bus=bus, sessions=session_factory(engine), clock=SharedClock(start, utcnow(), 1.0), settings=settings)
         original = decision.handle_scan_report
 
-        async def counted(report, delivery=None):
+        async def counted(report, delivery=None, **kw):
             nonlocal decided
-            await original(report, delivery)
+            await original(report, delivery, **kw)
             decided += 1
             if decided >= len(windows):
                 done.set()

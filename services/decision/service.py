@@ -50,6 +50,9 @@ log = get_logger("services.decision")
 LOGGED_LINES_KEPT = 10_000
 # Windows decided at once (PostgreSQL): accounts of different windows in parallel; one account's signals stay in turn.
 WINDOWS_AT_ONCE = 8
+# Account transactions open at once, all windows together: below the pool's size, so a wide window waits here rather
+# than timing out on a pool checkout.
+ACCOUNTS_AT_ONCE = 8
 
 signals_refused_total = Counter(
     "decision_signals_refused_total", "Signals of a ScanResult refused alone (another account's bot, another symbol)", ["reason"]
@@ -100,6 +103,7 @@ class DecisionService:
         self._plan_task: asyncio.Task | None = None
         self._plan_lock = asyncio.Lock()
         self._account_locks: dict[int, asyncio.Lock] = {}
+        self._open_accounts = asyncio.Semaphore(ACCOUNTS_AT_ONCE)
         self._logged: OrderedDict[tuple[str, int], None] = OrderedDict()
         # window id -> bot id -> [new signals, decided open, orders sent]; and the signal ids decided here.
         self._tallies: OrderedDict[str, dict[int, list[int]]] = OrderedDict()
@@ -265,6 +269,7 @@ class DecisionService:
             results = await asyncio.gather(*(self._decide_account(group) for group in by_account.values()), return_exceptions=True)
         rows: list[Pending] = []
         failures: list[BaseException] = []
+        refused: set[str] = set()
         for group, outcomes in zip(by_account.values(), results, strict=True):
             if isinstance(outcomes, BaseException):
                 failures.append(outcomes)
@@ -273,6 +278,7 @@ class DecisionService:
                 if isinstance(outcome, InvalidMessage):
                     signals_refused_total.labels(reason="invalid_signal").inc()
                     log.warning("signal refused", signal_id=str(signal.signal_id), bot_id=signal.bot_id, reason=str(outcome))
+                    refused.add(str(signal.signal_id))
                     continue
                 rows.extend(outcome.outbox)
         if rows:
@@ -286,11 +292,11 @@ class DecisionService:
         if failures:
             raise failures[0]
         if report is not None:
-            await self.handle_scan_report(report, delivery)
+            await self.handle_scan_report(report, delivery, refused=frozenset(refused))
 
     async def _decide_account(self, signals: list[Signal]) -> list[SignalOutcome | InvalidMessage]:
         account_id = signals[0].account_id
-        async with self._account_lock(account_id), transaction(self._sessions) as session:
+        async with self._account_lock(account_id), self._open_accounts, transaction(self._sessions) as session:
             snapshot = self.snapshots.get(account_id)
             return await decide_account(
                 session=session,
@@ -367,12 +373,14 @@ class DecisionService:
                                   signals=signals, decisions=decisions, orders=orders))
         return lines
 
-    async def handle_scan_report(self, report: ScanReport, delivery: Delivery | None = None) -> None:
+    async def handle_scan_report(self, report: ScanReport, delivery: Delivery | None = None, *, refused: frozenset[str] = frozenset()) -> None:
+        """Log the report's scan lines once its signals are decided; `refused`: signal ids refused for good (never
+        decided), which are not waited for."""
         lines = self._lines_from_memory(report)
         if lines is None:
             async with self._sessions() as session:
                 lines = await scan_lines(session=session, report=report)
-        undecided = [s for line in lines for s in line.undecided]
+        undecided = [s for line in lines for s in line.undecided if s not in refused]
         if undecided:
             attempts = 1 if delivery is None else delivery.delivery_count
             if attempts < self._settings.delivery_limit:

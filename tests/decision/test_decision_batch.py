@@ -16,7 +16,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from decision_helpers import T0, RecordingBus, add_account, add_bot, add_user, make_settings
+from decision_helpers import T0, RecordingBus, add_account, add_bot, add_user, delivery, make_settings
 from sqlalchemy import select, text, update
 from sqlmodel import SQLModel
 
@@ -225,3 +225,36 @@ async def test_a_scan_decided_together_makes_the_decisions_of_one_at_a_time(db):
     assert len(decided_now) >= 100
     repeats = [i for _, i in alone_intents if i["produced_at"] < T0 + timedelta(seconds=20)]
     assert repeats, "the earlier scan's unanswered order was not sent again"
+
+
+async def test_a_scan_result_on_the_bus_is_decided_and_its_refused_signal_counted_not_waited_for(sessions):
+    from services.decision.service import signals_refused_total
+    from shared.messages import BotScan, ScanReport, ScanResult
+
+    user = await add_user(sessions)
+    account = await add_account(sessions, user)
+    gold = await add_bot(sessions, user, account, symbol="XAUUSD")
+    euro = await add_bot(sessions, user, account, symbol="EURUSD")
+    window = uuid.uuid4()
+    rng = random.Random(1)
+    good = signal(gold, strategy="trend_pullback", bar_time=T0, side="buy", score=0.9, rng=rng, window=window)
+    other = signal(euro, strategy="trend_pullback", bar_time=T0, side="sell", score=0.9, rng=rng, window=window)
+    wrong = signal(gold, strategy="doji_breakout", bar_time=T0, side="buy", score=0.9, rng=rng, window=window, symbol="GBPUSD")
+    report = ScanReport(window_id=window, symbol="XAUUSD", timeframe="1m", bar_time=T0, bots=(
+        BotScan(bot_id=gold.id, strategies=("trend_pullback", "doji_breakout"), signal_ids=(good.signal_id, wrong.signal_id)),
+        BotScan(bot_id=euro.id, strategies=("trend_pullback",), signal_ids=(other.signal_id,)),
+    ))
+    bus = RecordingBus()
+    service = DecisionService(bus=bus, sessions=sessions, clock=ManualClock(T0), settings=make_settings(), lookback_for=lambda c: 100,
+                              outbox=OutboxRelay(bus=bus, sessions=sessions, retry_min_s=0.01, retry_max_s=0.05))
+    before = signals_refused_total.labels(reason="invalid_signal")._value.get()
+    result = ScanResult(signals=(good, wrong, other), report=report)
+    await service.on_signals_queue(result, delivery(result))  # decided, and its scan lines logged: no redelivery asked
+
+    async with sessions() as session:
+        decided = dict((await session.execute(select(Decision.signal_id, Decision.action))).all())
+    assert decided == {str(good.signal_id): "open", str(other.signal_id): "open"}
+    assert signals_refused_total.labels(reason="invalid_signal")._value.get() == before + 1
+    intents = bus.of(OrderIntent)
+    assert sorted(i.bot_id for i in intents) == sorted([gold.id, euro.id])
+    await service.outbox.stop()
