@@ -52,7 +52,7 @@ LOGGED_LINES_KEPT = 10_000
 WINDOWS_AT_ONCE = 8
 # Account transactions open at once, all windows together: below the pool's size, so a wide window waits here rather
 # than timing out on a pool checkout.
-ACCOUNTS_AT_ONCE = 8
+ACCOUNTS_AT_ONCE = 16
 
 signals_refused_total = Counter(
     "decision_signals_refused_total", "Signals of a ScanResult refused alone (another account's bot, another symbol)", ["reason"]
