@@ -16,6 +16,7 @@ InvalidMessage, which the caller logs and counts; the batch's other signals are 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -254,10 +255,5 @@ async def decide_account(
             (intent, topology.EXECUTION_ORDERS, str(intent.account_id)) for _, intent in intents
         ])
         for (i, _), row in zip(intents, rows, strict=True):
-            outcomes[i] = _with_outbox(outcomes[i], row)
+            outcomes[i] = dataclasses.replace(outcomes[i], outbox=(row,))
     return outcomes  # type: ignore[return-value]
-
-
-def _with_outbox(outcome: SignalOutcome, row: outbox.Pending) -> SignalOutcome:
-    return SignalOutcome(bot_found=outcome.bot_found, signal_new=outcome.signal_new, decision=outcome.decision,
-                         decision_new=outcome.decision_new, intent=outcome.intent, outbox=(row,))

@@ -2,8 +2,9 @@
 none is lost.
 
 Decision and four `scalper serve strategy` processes on RabbitMQ (a vhost of this test) and PostgreSQL (a database of
-this test). Eight auto-trading bots on XAUUSD (eight accounts); 400 real gold windows for them are queued on
-strategy.bars at once, and while the queue still holds windows one worker is SIGKILLed: what it had taken and not
+this test). Eight auto-trading bots on XAUUSD (eight accounts); 1,200 real gold windows for them are queued on
+strategy.bars before the workers start, and once one worker has scanned a window, while the queue still holds
+windows, that worker is SIGKILLed: what it had taken and not
 acked goes back to the queue and is scanned again by another worker, whose ScanResult repeats signal ids decision
 already stored. At the end the signals table must hold exactly the signals the windows make when scanned here
 (same ids, each with the window that made it), one decision each, and nothing dead-lettered.
@@ -24,7 +25,7 @@ from tests.distributed import cluster as kit
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.data]
 
 BOTS = 8
-WINDOWS = 400
+WINDOWS = 1200
 WORKERS = 4
 
 
@@ -81,6 +82,7 @@ async def _publish(url: str, windows) -> None:
     bus = create_bus(url)
     await bus.start()
     try:
+        await bus.declare_queue(topology.STRATEGY_BARS)  # as the workers will: the windows wait there for them
         await bus.publish_many([Outgoing(w, topology.MARKET_BARS, topology.bars_key("1m", w.symbol)) for w in windows])
     finally:
         await bus.close()
@@ -130,8 +132,10 @@ def test_four_workers_one_sigkilled_mid_run_store_each_windows_signals_once(vhos
                        speed=1.0, SCAN_INTERVAL_S=3600, ORDER_TTL_S=3600)
     cluster = make_cluster(env)
     cluster.start("decision")
-    workers = [cluster.start("strategy") for _ in range(WORKERS)]
     asyncio.run(_publish(bus_url, windows))
+    workers = [cluster.start("strategy", wait=False) for _ in range(WORKERS)]  # booting side by side
+    for worker in workers:
+        kit.eventually(worker.ready, timeout=60, what=f"{worker.name} ready")
 
     victim = workers[0]
     kit.eventually(lambda: victim.metric("bus_handler_latency_seconds_count") > 0, timeout=60, interval=0.05,
