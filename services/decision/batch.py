@@ -99,24 +99,64 @@ def _signal_key(signal: Signal) -> tuple:
     return _key(signal.bot_id, signal.symbol, signal.strategy, signal.timeframe, signal.bar_time)
 
 
+@dataclass(slots=True)
+class _Stored:
+    """Where each signal of the batch (by its position) stands once the signals' INSERT has run."""
+
+    inserted: set[str]  # signal ids this batch inserted
+    repeat_of: dict[int, int]  # position -> the earlier position of the batch it repeats (same id or dedupe key)
+    stored_id: dict[int, str]  # position -> the stored row's signal id (an earlier row's, for a signal stored before)
+    entry: dict[str, float | None]  # stored signal id -> its row's entry (the exposure reads it for sent orders)
+    existing: dict[str, object]  # stored signal id -> its decision made before this batch (a Core row)
+
+
 async def decide_account(
     *, session, signals: Sequence[Signal], now: datetime, order_ttl_s: float, margin_free: float | None = None,
     max_stop_atr: float | None = None,
 ) -> list[SignalOutcome | InvalidMessage]:
     """Each signal's outcome, in order, as if handled one at a time in this order (see the module's docstring)."""
     connection = await session.connection()
-    dialect = session.get_bind().dialect.name
+    bots = await _bots_of(connection, signals)
+    outcomes, valid = _screen(signals, bots)
+    if not valid:
+        return outcomes  # type: ignore[return-value]
+    accounts = {bots[signals[i].bot_id][1].id for i in valid}
+    if len(accounts) != 1:
+        raise ValueError(f"decide_account takes one account's signals, not accounts {sorted(accounts)}")
+    account = bots[signals[valid[0]].bot_id][1]
+    stored = await _store(connection, session.get_bind().dialect.name, signals, valid, now)
+    max_stop_atr = get_settings().max_stop_atr if max_stop_atr is None else max_stop_atr  # SCALPER_MAX_STOP_ATR
+    made = await _decide(connection, signals, valid, bots=bots, account=account, stored=stored, now=now,
+                         margin_free=margin_free, max_stop_atr=max_stop_atr)
+    await _write_decisions(connection, made, now=now, order_ttl_s=order_ttl_s)
+    entries, intents = _answer(signals, valid, outcomes, bots=bots, stored=stored, made=made, now=now)
+    await audit.write(session=session, entries=entries)
+    if intents:
+        rows = await outbox.enqueue_many(session=session, items=[
+            (intent, topology.EXECUTION_ORDERS, str(intent.account_id)) for _, intent in intents
+        ])
+        for (i, _), row in zip(intents, rows, strict=True):
+            outcomes[i] = dataclasses.replace(outcomes[i], outbox=(row,))
+    return outcomes  # type: ignore[return-value]
+
+
+async def _bots_of(connection, signals: Sequence[Signal]) -> dict[int, tuple[SimpleNamespace, SimpleNamespace]]:
+    """The signals' bots and their accounts (columns as attributes), the accounts' rows locked, in one query."""
     found = (await connection.execute(_BOTS_AND_ACCOUNTS, {"bot_ids": sorted({s.bot_id for s in signals})})).all()
-    bots: dict[int, tuple[SimpleNamespace, SimpleNamespace]] = {}
+    bots = {}
     for row in found:
         values = row._mapping
         bots[values["bot_id"]] = (
             SimpleNamespace(**{c.name: values[f"bot_{c.name}"] for c in _BOTS.c}),
             SimpleNamespace(**{c.name: values[f"account_{c.name}"] for c in _ACCOUNTS.c}),
         )
+    return bots
 
+
+def _screen(signals: Sequence[Signal], bots: dict) -> tuple[list, list[int]]:
+    """Each signal's outcome so far (an unknown bot's, a refusal) and the positions of the signals to decide."""
     outcomes: list[SignalOutcome | InvalidMessage | None] = [None] * len(signals)
-    valid: list[int] = []  # positions in `signals` of the signals to store and decide
+    valid: list[int] = []
     for i, signal in enumerate(signals):
         if signal.bot_id not in bots:
             outcomes[i] = SignalOutcome(bot_found=False)
@@ -128,18 +168,16 @@ async def decide_account(
             outcomes[i] = InvalidMessage(f"signal {signal.signal_id} is for {signal.symbol}, bot {bot.id} trades {bot.symbol}")
         else:
             valid.append(i)
-    if not valid:
-        return outcomes  # type: ignore[return-value]
-    accounts = {bots[signals[i].bot_id][1].id for i in valid}
-    if len(accounts) != 1:
-        raise ValueError(f"decide_account takes one account's signals, not accounts {sorted(accounts)}")
-    account = bots[signals[valid[0]].bot_id][1]
+    return outcomes, valid
 
-    # The signals' rows: the first of the batch with an id or dedupe key is inserted, a later one is its repeat.
+
+async def _store(connection, dialect: str, signals: Sequence[Signal], valid: list[int], now: datetime) -> _Stored:
+    """Insert the signals' rows (the first of the batch with an id or dedupe key; a later one is its repeat); find
+    the rows stored before this batch, and their decisions."""
     first_by_id: dict[str, int] = {}
     first_by_key: dict[tuple, int] = {}
     to_insert: list[int] = []
-    repeat_of: dict[int, int] = {}  # batch position -> position of the earlier signal it repeats
+    repeat_of: dict[int, int] = {}
     for i in valid:
         signal = signals[i]
         sid, key = str(signal.signal_id), _signal_key(signal)
@@ -153,75 +191,85 @@ async def decide_account(
     if to_insert:
         result = await connection.execute(_INSERT_SIGNAL[dialect], [_signal_values(signals[i], now) for i in to_insert])
         inserted = set(result.scalars().all())
-
-    # Signals stored before this batch: the stored row's id (and entry, which the exposure of a decision reads).
-    stored_id: dict[int, str] = {}
-    stored_entry: dict[str, float | None] = {}
-    earlier_rows = [i for i in to_insert if str(signals[i].signal_id) not in inserted]
+    stored = _Stored(inserted=inserted, repeat_of=repeat_of, stored_id={}, entry={}, existing={})
+    earlier_rows = []
     for i in to_insert:
         if str(signals[i].signal_id) in inserted:
-            stored_id[i] = str(signals[i].signal_id)
-            stored_entry[stored_id[i]] = signals[i].entry
-    if earlier_rows:
-        params = {
-            "signal_ids": [str(signals[i].signal_id) for i in earlier_rows],
-            "bot_ids": sorted({signals[i].bot_id for i in earlier_rows}),
-            "bar_times": sorted({signals[i].bar_time for i in earlier_rows}),
-        }
-        by_id, by_key = {}, {}
-        for row in (await connection.execute(_STORED, params)).all():
-            by_id[row.signal_id] = row
-            by_key[_key(row.bot_id, row.symbol, row.strategy, row.timeframe, row.bar_time)] = row
-        for i in earlier_rows:
-            row = by_id.get(str(signals[i].signal_id)) or by_key.get(_signal_key(signals[i]))
-            if row is None:  # neither key matched yet the insert conflicted: a concurrent delete, retried by redelivery
-                raise TransientError(f"signal {signals[i].signal_id} conflicted with a row that is gone")
-            stored_id[i] = row.signal_id
-            stored_entry[row.signal_id] = row.entry
-    existing: dict[str, object] = {}
-    if earlier_rows:
-        ids = sorted({stored_id[i] for i in earlier_rows})
-        existing = {row.signal_id: row for row in (await connection.execute(_DECIDED, {"signal_ids": ids})).all()}
+            stored.stored_id[i] = str(signals[i].signal_id)
+            stored.entry[stored.stored_id[i]] = signals[i].entry
+        else:
+            earlier_rows.append(i)
+    if not earlier_rows:
+        return stored
+    params = {
+        "signal_ids": [str(signals[i].signal_id) for i in earlier_rows],
+        "bot_ids": sorted({signals[i].bot_id for i in earlier_rows}),
+        "bar_times": sorted({signals[i].bar_time for i in earlier_rows}),
+    }
+    by_id, by_key = {}, {}
+    for row in (await connection.execute(_STORED, params)).all():
+        by_id[row.signal_id] = row
+        by_key[_key(row.bot_id, row.symbol, row.strategy, row.timeframe, row.bar_time)] = row
+    for i in earlier_rows:
+        row = by_id.get(str(signals[i].signal_id)) or by_key.get(_signal_key(signals[i]))
+        if row is None:  # neither key matched yet the insert conflicted: a concurrent delete, retried by redelivery
+            raise TransientError(f"signal {signals[i].signal_id} conflicted with a row that is gone")
+        stored.stored_id[i] = row.signal_id
+        stored.entry[row.signal_id] = row.entry
+    ids = sorted({stored.stored_id[i] for i in earlier_rows})
+    stored.existing = {row.signal_id: row for row in (await connection.execute(_DECIDED, {"signal_ids": ids})).all()}
+    return stored
 
-    # Decide in order; a decision made here joins the exposure the next signals see.
+
+async def _decide(
+    connection, signals: Sequence[Signal], valid: list[int], *, bots: dict, account, stored: _Stored, now: datetime,
+    margin_free: float | None, max_stop_atr: float,
+) -> list[tuple[int, dict, object]]:
+    """(position, decision values, risk result) of each signal to decide, in order: one exposure read, and each
+    decision made here joins the exposure the next signals see (as the one-at-a-time read would find it)."""
     day_start = broker_day_start(account.server_time, now)
     exposure_rows = list((await connection.execute(_EXPOSURE_MANY, {
         "account_id": account.id, "bot_ids": sorted({signals[i].bot_id for i in valid}), "day_start": day_start,
     })).all())
-    max_stop_atr = get_settings().max_stop_atr if max_stop_atr is None else max_stop_atr  # SCALPER_MAX_STOP_ATR
-    made: list[tuple[int, dict, object]] = []  # (batch position, decision values, risk result)
-    decided: dict[str, object] = {}  # stored signal id -> decision values made in this batch (a later repeat's)
+    made = []
     for i in valid:
-        signal = signals[i]
-        bot = bots[signal.bot_id][0]
-        if i in repeat_of:
-            continue  # answered below, once the decision it repeats has its id
-        signal_id = stored_id[i]
-        if signal_id in existing:
-            continue
+        if i in stored.repeat_of or stored.stored_id[i] in stored.existing:
+            continue  # answered by the decision it repeats
+        signal, bot = signals[i], bots[signals[i].bot_id][0]
+        signal_id = stored.stored_id[i]
         rows = [r for r in exposure_rows if r.open or (r.bot_id == bot.id and r.created_at >= day_start)]
         exposure = exposure_from_rows(rows, bot=bot, account=account, day_start=day_start, margin_free=margin_free)
         result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
         values = decision_values(signal_id=signal_id, bot=bot, account=account, result=result, now=now)
         made.append((i, values, result))
-        decided[signal_id] = values
         if result.action == "open":
             exposure_rows.append(_ExposureRow(bot_id=bot.id, symbol=values["symbol"], side=values["side"], volume=values["volume"],
-                                              order_status="sent", created_at=now, open=True, entry=stored_entry.get(signal_id)))
+                                              order_status="sent", created_at=now, open=True, entry=stored.entry.get(signal_id)))
+    return made
 
-    if made:
-        ids = (await connection.execute(_INSERT_DECISIONS, [values for _, values, _ in made])).scalars().all()
-        opened = []
-        for (_, values, result), decision_id in zip(made, ids, strict=True):
-            values["id"] = decision_id
-            if result.action == "open":
-                open_values(values, decision_id=decision_id, now=now, order_ttl_s=order_ttl_s)
-                opened.append({"decision_id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}})
-        if opened:
-            await connection.execute(_OPEN_DECISION, opened)
 
-    # Every outcome, intents and audit rows in the order one-at-a-time handling would have written them.
+async def _write_decisions(connection, made: list[tuple[int, dict, object]], *, now: datetime, order_ttl_s: float) -> None:
+    """The decisions in one multi-row INSERT; the opened ones' order columns (made of their ids) in one UPDATE."""
+    if not made:
+        return
+    ids = (await connection.execute(_INSERT_DECISIONS, [values for _, values, _ in made])).scalars().all()
+    opened = []
+    for (_, values, result), decision_id in zip(made, ids, strict=True):
+        values["id"] = decision_id
+        if result.action == "open":
+            open_values(values, decision_id=decision_id, now=now, order_ttl_s=order_ttl_s)
+            opened.append({"decision_id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}})
+    if opened:
+        await connection.execute(_OPEN_DECISION, opened)
+
+
+def _answer(
+    signals: Sequence[Signal], valid: list[int], outcomes: list, *, bots: dict, stored: _Stored, made: list, now: datetime,
+) -> tuple[list[dict], list[tuple[int, object]]]:
+    """Fill in the valid signals' outcomes; return the audit rows and the (position, intent) to send, in the order
+    one-at-a-time handling would have written them."""
     fresh = {i: (values, result) for i, values, result in made}
+    decided = {values["signal_id"]: values for _, values, _ in made}
     entries: list[dict] = []
     intents: list[tuple[int, object]] = []
     for i in valid:
@@ -231,17 +279,17 @@ async def decide_account(
             values, result = fresh[i]
             decision = Decided(**values)
             intent = order_intent_for(decision, entry=signal.entry) if result.action == "open" else None
-            if i not in repeat_of and stored_id[i] in inserted:
+            new = stored.stored_id[i] in stored.inserted
+            if new:
                 entries.append(signal_audit(signal=signal, now=now, user_id=bot.user_id))
             entries.append(decision_audit(decision=decision, result=result, user_id=bot.user_id, now=now, sent=intent is not None))
-            outcomes[i] = SignalOutcome(bot_found=True, signal_new=stored_id[i] in inserted, decision=decision, decision_new=True,
-                                        intent=intent)
+            outcomes[i] = SignalOutcome(bot_found=True, signal_new=new, decision=decision, decision_new=True, intent=intent)
             if intent is not None:
                 intents.append((i, intent))
             continue
-        first = repeat_of.get(i)
-        signal_id = stored_id[first] if first is not None else stored_id[i]
-        decision = Decided(**decided[signal_id]) if signal_id in decided else existing[signal_id]
+        first = stored.repeat_of.get(i, i)
+        signal_id = stored.stored_id[first]
+        decision = Decided(**decided[signal_id]) if signal_id in decided else stored.existing[signal_id]
         if decision.action == "open" and decision.order_status == "sent":
             # Not answered yet: the same intent again (same message id), as handle_signal sends it for a repeat.
             intent = order_intent_for(decision, entry=signal.entry)
@@ -249,11 +297,4 @@ async def decide_account(
             intents.append((i, intent))
         else:
             outcomes[i] = SignalOutcome(bot_found=True, signal_new=False, decision=decision)
-    await audit.write(session=session, entries=entries)
-    if intents:
-        rows = await outbox.enqueue_many(session=session, items=[
-            (intent, topology.EXECUTION_ORDERS, str(intent.account_id)) for _, intent in intents
-        ])
-        for (i, _), row in zip(intents, rows, strict=True):
-            outcomes[i] = dataclasses.replace(outcomes[i], outbox=(row,))
-    return outcomes  # type: ignore[return-value]
+    return entries, intents
