@@ -1,0 +1,268 @@
+"""`load_m1`: an M1 file of any supported format -> UTC `Bars` and the validation report.
+
+The rows are read by pandas' C parser in chunks (pandas is imported here, lazily, only when a file is read); a numpy
+pass over the raw bytes first finds each line's length and field count, so a wrong row or an over-long line is named
+by its line number without pandas ever holding it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shared.bars import Bars
+from shared.loaders.clock import _server_rule, wall_to_utc
+from shared.loaders.layout import (
+    HISTDATA_UTC_OFFSET_HOURS,
+    WHITESPACE,
+    Layout,
+    _split,
+    detect_layout,
+)
+from shared.loaders.report import LoadResult, UnknownFormat, validate_bars
+from shared.loaders.text import (
+    _SNIFF_BYTES,
+    MAX_LINE_BYTES,
+    _line_text,
+    _readable,
+    _scan_lines,
+)
+from shared.loaders.times import (
+    TimeShape,
+    _day_month_order,
+    _epoch_seconds,
+    _parse_formats,
+    time_shape,
+)
+
+_CHUNK_ROWS = 200_000  # rows per pandas chunk: memory stays bounded on files of any length
+_NA = ["nan", "NaN", "NAN", "-nan", "-NaN"]  # read as NaN (the price check names them); any other text is a bad number
+
+
+def _time_strings(chunk, layout: Layout):
+    if "datetime" in layout.columns:
+        return chunk[layout.columns["datetime"]].str.strip()
+    return chunk[layout.columns["date"]].str.strip().str.cat(chunk[layout.columns["time_of_day"]].str.strip(), sep=" ")
+
+
+def _numbers(pd, column, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's column -> float64 values and a mask of the fields that are no number (NaN, from `nan`, is a number)."""
+    if column.dtype.kind in "fiu":
+        return column.to_numpy(np.float64), np.zeros(len(column), bool)
+    coerced = pd.to_numeric(column, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    bad = np.isnan(coerced) & ~column.isna().to_numpy()
+    return coerced, bad
+
+
+def load_m1(
+    path: str | Path,
+    *,
+    utc_offset_hours: float | None = None,
+    server_time: str | None = None,
+    tz: str | None = None,
+) -> LoadResult:
+    """Read an M1 file of any supported format, convert its times to UTC, and keep every sound bar (oldest first).
+
+    The zone: the offset each row states (Dukascopy, ISO times with an offset), HistData's fixed EST (UTC-5), or
+    the one the caller gives (`utc_offset_hours`, `server_time` rule such as `us_dst`, or `tz` IANA name); a file
+    that states none and is given none is read as UTC, with a warning. Raises UnknownFormat (a ValueError) saying
+    why for a file no format recognises, and OSError for a file that cannot be read. A file with no usable bar is
+    a LoadResult with no bars, its rejected rows and a `suggestion` (`no_bars_message` words it).
+    """
+    rule = _server_rule(utc_offset_hours, server_time, tz)
+    path = Path(path)
+    if not path.is_file():
+        Path(path).read_bytes()  # the OSError that says why
+    with _readable(path) as (source, encoding, head_lines, whole, warnings):
+        first_at = next((i for i, line in enumerate(head_lines) if line.strip()), None)
+        if first_at is None:
+            raise UnknownFormat(f"{path} is empty" if whole else f"{path} starts with {_SNIFF_BYTES} bytes of blank space")
+        if len(head_lines[first_at].encode()) > MAX_LINE_BYTES or (not whole and len(head_lines) <= first_at + 1 and
+                                                                    len("\n".join(head_lines).encode()) > MAX_LINE_BYTES):
+            raise UnknownFormat(f"line {first_at + 1} is longer than {MAX_LINE_BYTES} bytes: not an M1 file of one bar per line")
+        layout = detect_layout(head_lines[first_at])
+        data_at = first_at + 1 if layout.header else first_at
+        shape = _shape_from(layout, head_lines[data_at:])
+        lines = _scan_lines(source, layout.delimiter)
+        n_lines = len(lines.lengths)
+        line_no = np.arange(1, n_lines + 1)
+        after = line_no > data_at
+        too_long = after & (lines.lengths > MAX_LINE_BYTES)
+        blank = after & (lines.lengths == 0)
+        wrong = after & ~too_long & ~blank & (lines.fields != layout.width)
+        rejected: list[tuple[int, str]] = [(int(n), f"line longer than {MAX_LINE_BYTES} bytes") for n in line_no[too_long]]
+        for i in np.flatnonzero(wrong):
+            text = _line_text(source, lines, int(i), encoding)
+            if text.strip():
+                got = len(_split(text, layout.delimiter)) if layout.delimiter == WHITESPACE else text.count(layout.delimiter) + 1
+                rejected.append((int(i) + 1, f"expected {layout.width} fields, got {got}"))
+            else:
+                blank[i] = True
+        good = after & ~too_long & ~blank & ~wrong
+        line_numbers = line_no[good]
+        parts = _read_rows(source, encoding, layout, shape, skip=np.flatnonzero(~good), expected=len(line_numbers))
+
+    rows_count = len(line_numbers)
+    wall, stated_utc, bad, problems, values, chosen = parts
+    if chosen:
+        warnings.append(chosen)
+    rejected.extend((int(line_numbers[i]), reason) for i, reason in problems.items())
+
+    # The zone.
+    stated = stated_utc or layout.format == "dukascopy"  # "Gmt time" without a suffix is UTC
+    if stated:
+        if rule is not None:
+            warnings.append("the file states its UTC offset in every row: the offset or zone given was not used")
+        rule = "stated"
+    else:
+        if rule is None and layout.format == "histdata":
+            rule = f"{HISTDATA_UTC_OFFSET_HOURS:+g}"
+        if rule is None:
+            rule = "utc"
+            warnings.append("the file states no time zone: times read as UTC (pass --utc-offset or --tz)")
+
+    o, h, lo, c, vol = (values[k] for k in ("open", "high", "low", "close", "tick_volume"))
+    # Filler bars (a closed market padded with flat zero-volume bars) can only be told when the file has volumes.
+    has_volume = "tick_volume" in layout.columns and bool(np.any(vol[~bad] != 0))
+    filler = (o == h) & (h == lo) & (lo == c) & (vol == 0) & ~bad if has_volume else np.zeros(rows_count, bool)
+    keep_idx = np.flatnonzero(~bad & ~filler)
+    times = wall[keep_idx] if stated else wall_to_utc(rule, wall[keep_idx])
+    bars = Bars.from_columns(
+        time=times,
+        open=o[keep_idx], high=h[keep_idx], low=lo[keep_idx], close=c[keep_idx],
+        tick_volume=np.rint(vol[keep_idx]).astype(np.int64),
+        spread=values["spread"][keep_idx],
+    )
+    bars, bad_bars = validate_bars(bars)
+    rejected.extend((int(line_numbers[keep_idx[i]]), reason) for i, reason in bad_bars)
+    rejected.sort()
+    if rejected:
+        warnings.append(f"{len(rejected)} rows rejected (first at line {rejected[0][0]}: {rejected[0][1]})")
+    suggestion = None
+    if not len(bars):
+        warnings.append("no usable bars")
+        suggestion = _suggestion(rejected, layout, shape, rows_count)
+    # Broker days are counted on the file's clock when it is a rule server_offset knows; else (offsets stated in the
+    # rows, an IANA zone) on UTC, as paper accounts and backtests do by default (architecture.md, "Symbols and time").
+    broker_rule = "utc" if rule == "stated" or rule.startswith("tz:") else rule
+    return LoadResult(bars=bars, format=layout.format, rejected=rejected, dropped_flat=int(filler.sum()),
+                      warnings=warnings, server_time=broker_rule, zone=rule, suggestion=suggestion)
+
+
+def _shape_from(layout: Layout, data_lines: list[str]) -> TimeShape | None:
+    """The time shape of the file's first data row (None: every time is bad, and each row says so)."""
+    for line in data_lines:
+        if not line.strip():
+            continue
+        fields = [f.strip().strip('"') for f in _split(line, layout.delimiter)]
+        cols = layout.columns
+        try:
+            sample = fields[cols["datetime"]] if "datetime" in cols else f"{fields[cols['date']]} {fields[cols['time_of_day']]}"
+        except IndexError:
+            continue
+        return time_shape(sample, day_first=True if layout.format == "dukascopy" else None)
+    return None
+
+
+def _read_rows(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, *, skip: np.ndarray, expected: int):
+    """The good lines through pandas' C parser, chunk by chunk: (wall or UTC epochs, whether UTC, bad mask,
+    {row: reason}, {column: values}, a note on the day/month order chosen or None)."""
+    import pandas as pd
+
+    time_cols = [layout.columns[k] for k in ("datetime", "date", "time_of_day") if k in layout.columns]
+    n_orders = len(shape.orders) if shape and not shape.name.startswith("epoch") else 1
+    walls: list[list[np.ndarray]] = [[] for _ in range(n_orders)]
+    bads: list[list[np.ndarray]] = [[] for _ in range(n_orders)]
+    number_parts: dict[str, list[np.ndarray]] = {k: [] for k in ("open", "high", "low", "close", "tick_volume", "spread")}
+    number_bad: list[np.ndarray] = []
+    problems: dict[int, str] = {}
+    offset = 0
+    if expected:
+        reader = pd.read_csv(
+            source, sep=r"\s+" if layout.delimiter == WHITESPACE else layout.delimiter, header=None,
+            skiprows=set(skip.tolist()), usecols=sorted(layout.columns.values()), dtype={i: str for i in time_cols},
+            keep_default_na=False, na_values=_NA, skipinitialspace=True, encoding=encoding, encoding_errors="replace",
+            chunksize=_CHUNK_ROWS, engine="c", skip_blank_lines=False,
+        )
+        with reader:
+            for chunk in reader:
+                n = len(chunk)
+                times = _time_strings(chunk, layout)
+                for k in range(n_orders):
+                    if shape is None:
+                        w, b = np.zeros(n, np.int64), np.ones(n, bool)
+                    elif shape.name.startswith("epoch"):
+                        w, b = _epoch_seconds(pd, times, shape)
+                    else:
+                        w, b = _parse_formats(pd, times, shape, k)
+                    walls[k].append(w)
+                    bads[k].append(b)
+                bad_here = np.zeros(n, bool)
+                for column, parts in number_parts.items():
+                    if column not in layout.columns:
+                        parts.append(np.zeros(n, np.float64))
+                        continue
+                    raw = chunk[layout.columns[column]]
+                    v, b = _numbers(pd, raw, column)
+                    if column in ("tick_volume", "spread"):
+                        b |= ~np.isfinite(v)
+                        v = np.where(b, 0.0, v)
+                    for i in np.flatnonzero(b & ~bad_here):
+                        problems[offset + int(i)] = f"bad {column} {str(raw.iloc[i]).strip()!r}"
+                    bad_here |= b
+                    parts.append(v)
+                number_bad.append(bad_here)
+                offset += n
+    if offset != expected:
+        raise UnknownFormat(f"{source}: {offset} rows parsed where {expected} lines were expected: a quoted field holds a line break")
+
+    def joined(parts: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+    candidates = [(joined(walls[k], np.int64), joined(bads[k], bool)) for k in range(n_orders)]
+    chosen_note = None
+    pick = 0
+    if n_orders == 2:
+        pick, chosen_note = _day_month_order(candidates, shape)
+    wall, bad_time = candidates[pick]
+    bad_number = joined(number_bad, bool)
+    times_text = None
+    for i in np.flatnonzero(bad_time):
+        if times_text is None:
+            times_text = _bad_time_strings(source, encoding, layout, skip, np.flatnonzero(bad_time))
+        problems[int(i)] = f"bad time {times_text[int(i)]!r}"
+    values = {k: joined(v, np.float64) for k, v in number_parts.items()}
+    values["spread"] = values["spread"].astype(np.int64)
+    return wall, bool(shape and shape.stated), bad_time | bad_number, problems, values, chosen_note
+
+
+def _bad_time_strings(source: Path, encoding: str, layout: Layout, skip: np.ndarray, rows: np.ndarray) -> dict[int, str]:
+    """The time text of the given parsed rows (only for the rejection reasons: a second, narrow read)."""
+    import pandas as pd
+
+    time_cols = [layout.columns[k] for k in ("datetime", "date", "time_of_day") if k in layout.columns]
+    frame = pd.read_csv(source, sep=r"\s+" if layout.delimiter == WHITESPACE else layout.delimiter, header=None,
+                        skiprows=set(skip.tolist()), usecols=time_cols, dtype=str, keep_default_na=False,
+                        skipinitialspace=True, encoding=encoding, encoding_errors="replace", engine="c", skip_blank_lines=False)
+    strings = _time_strings(frame, layout)
+    return {int(i): str(strings.iloc[i]) for i in rows}
+
+
+def _suggestion(rejected: list[tuple[int, str]], layout: Layout, shape: TimeShape | None, rows: int) -> str | None:
+    if not rejected and rows == 0:
+        return "the file has a header and no rows: export the bars again with a date range that holds bars"
+    if not rejected:
+        return None
+    reasons = [r for _, r in rejected]
+    top = max(set(k.split(" ")[0] + (" " + k.split(" ")[1] if k.startswith("bad ") else "") for k in reasons), key=lambda k: sum(r.startswith(k) for r in reasons))
+    if top.startswith("expected"):
+        return (f"the header names {layout.width} columns but the rows hold another number of fields: write the header "
+                f"and the rows with the same separator ({'spaces' if layout.delimiter == WHITESPACE else repr(layout.delimiter)}), one field per column")
+    if top == "bad time":
+        return ("the times match no shape the loader reads: write them as YYYY-MM-DD HH:MM:SS (or YYYY.MM.DD and HH:MM:SS in "
+                "two columns, or epoch seconds)" + (f"; the first row looked like {shape.name}" if shape else ""))
+    if top.startswith("bad "):
+        return f"the {top[4:]} column holds text that is no number: use `.` as the decimal point and no thousands separator"
+    if top.startswith("line longer"):
+        return f"the rows are longer than {MAX_LINE_BYTES} bytes: one bar per line, each line ending in a line break"
+    return "every bar failed the price check (high >= max(open, close) >= min(open, close) >= low > 0, times increasing): check the column order"
