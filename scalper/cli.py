@@ -36,7 +36,9 @@ def run(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: SCALPER_PORT, 8000)")] = None,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     symbol: Annotated[str | None, typer.Option(help="symbol of a replay file, when its name does not say")] = None,
-    utc_offset: Annotated[float | None, typer.Option(help="hours the replay file's times are ahead of UTC")] = None,
+    utc_offset: Annotated[float | None, typer.Option(help="hours the replay file's times are ahead of UTC (default: inferred)")] = None,
+    server_time: Annotated[str | None, typer.Option("--server-time", help="the replay file's broker clock rule: utc, us_dst, +2 ...")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="IANA time zone of the replay file's times")] = None,
 ) -> None:
     """Run the whole stack in one process: in-memory bus, SQLite under var/, paper broker."""
     import uvicorn
@@ -49,7 +51,7 @@ def run(
     configure_logging(settings.log_format, settings.log_level)
     try:
         # The mt5 feed needs the stack's bus and clock: the stack makes it itself.
-        feed_in = None if settings.feed == "mt5" else make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset)
+        feed_in = None if settings.feed == "mt5" else make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset, file_time=server_time, tz=tz)
         stack = EmbeddedStack(settings, feed=feed_in)
     except (FeedError, ValueError) as exc:
         raise _fail(str(exc)) from None

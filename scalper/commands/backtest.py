@@ -131,6 +131,8 @@ def backtest(
     finally:
         finish()
     doc = to_json(result, file=str(file), file_format=loaded.format)
+    doc["run"].update(server_time=loaded.zone, server_time_source=loaded.server_time_source,
+                      server_time_confidence=loaded.server_time_confidence)  # the clock the file was read in
     if json_out is not None:
         text = json.dumps(doc, indent=2)
         if str(json_out) == "-":
@@ -168,7 +170,8 @@ def _print(doc: dict) -> None:
     from shared.stats import STAT_KEYS
 
     run = doc["run"]
-    table = Table(title=f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars)")
+    clock = f"server time {run['server_time']} ({run['server_time_source']}, confidence {run['server_time_confidence']:.2f})"
+    table = Table(title=f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars, {clock})")
     table.add_column("")
     columns = list(doc["by_strategy"].items()) + [("total", doc["total"])]
     for name, _ in columns:

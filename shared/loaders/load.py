@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.bars import Bars
-from shared.loaders.clock import _server_rule, wall_to_utc
+from shared.loaders.clock import INFER_MIN_CONFIDENCE, _server_rule, infer_clock, rule_flag, same_reading, wall_to_utc
 from shared.loaders.layout import (
     HISTDATA_UTC_OFFSET_HOURS,
     WHITESPACE,
@@ -108,24 +108,24 @@ def load_m1(
         warnings.append(chosen)
     rejected.extend((int(line_numbers[i]), reason) for i, reason in problems.items())
 
-    # The zone.
-    stated = stated_utc or layout.format == "dukascopy"  # "Gmt time" without a suffix is UTC
-    if stated:
-        if rule is not None:
-            warnings.append("the file states its UTC offset in every row: the offset or zone given was not used")
-        rule = "stated"
-    else:
-        if rule is None and layout.format == "histdata":
-            rule = f"{HISTDATA_UTC_OFFSET_HOURS:+g}"
-        if rule is None:
-            rule = "utc"
-            warnings.append("the file states no time zone: times read as UTC (pass --utc-offset or --tz)")
-
     o, h, lo, c, vol = (values[k] for k in ("open", "high", "low", "close", "tick_volume"))
     # Filler bars (a closed market padded with flat zero-volume bars) can only be told when the file has volumes.
     has_volume = "tick_volume" in layout.columns and bool(np.any(vol[~bad] != 0))
     filler = (o == h) & (h == lo) & (lo == c) & (vol == 0) & ~bad if has_volume else np.zeros(rows_count, bool)
     keep_idx = np.flatnonzero(~bad & ~filler)
+
+    # The zone: stated in the rows, given by the caller, HistData's EST, or inferred from the session ends.
+    stated = stated_utc or layout.format == "dukascopy"  # "Gmt time" without a suffix is UTC
+    confidence, clock_hint, source = 1.0, None, "stated"
+    if stated:
+        if rule is not None:
+            warnings.append("the file states its UTC offset in every row: the offset or zone given was not used")
+        rule = "stated"
+    elif rule is None and layout.format == "histdata":
+        rule, source = f"{HISTDATA_UTC_OFFSET_HOURS:+g}", "format"
+    else:
+        rule, confidence, clock_hint, source = _clock_rule(rule, wall[keep_idx], warnings)
+
     times = wall[keep_idx] if stated else wall_to_utc(rule, wall[keep_idx])
     bars = Bars.from_columns(
         time=times,
@@ -138,7 +138,7 @@ def load_m1(
     rejected.sort()
     if rejected:
         warnings.append(f"{len(rejected)} rows rejected (first at line {rejected[0][0]}: {rejected[0][1]})")
-    suggestion = None
+    suggestion = clock_hint
     if not len(bars):
         warnings.append("no usable bars")
         suggestion = _suggestion(rejected, layout, shape, rows_count)
@@ -146,7 +146,32 @@ def load_m1(
     # rows, an IANA zone) on UTC, as paper accounts and backtests do by default (architecture.md, "Symbols and time").
     broker_rule = "utc" if rule == "stated" or rule.startswith("tz:") else rule
     return LoadResult(bars=bars, format=layout.format, rejected=rejected, dropped_flat=int(filler.sum()),
-                      warnings=warnings, server_time=broker_rule, zone=rule, suggestion=suggestion)
+                      warnings=warnings, server_time=broker_rule, zone=rule, suggestion=suggestion,
+                      server_time_confidence=confidence, server_time_source=source)
+
+
+def _clock_rule(given: str | None, wall: np.ndarray, warnings: list[str]) -> tuple[str, float, str | None, str]:
+    """(the rule the file is read in, its confidence, the flag that would read it better or None, where the rule came
+    from: given, inferred or default), noting in `warnings`.
+
+    A rule the caller gives is used as given; when the session ends say clearly otherwise, the warning and the
+    suggestion name the rule they fit."""
+    guess = infer_clock(wall)
+    sure = guess.confidence >= INFER_MIN_CONFIDENCE
+    if given is not None:
+        if sure and not same_reading(given, guess.rule, wall):
+            warnings.append(f"times read as {given}, as given, but {guess.describe()}")
+            return given, 1.0, rule_flag(guess.rule), "given"
+        return given, 1.0, None, "given"
+    if sure:
+        warnings.append(f"the file states no time zone: broker clock inferred as {guess.rule}: {guess.describe()} "
+                        f"(override with --server-time, --utc-offset or --tz)")
+        return guess.rule, guess.confidence, None, "inferred"
+    seen = guess.describe() if guess.weekly + guess.daily else "it has no weekly close or daily break"
+    warnings.append(f"the file states no time zone and its clock cannot be told ({seen}): times read as UTC "
+                    f"(pass --server-time, --utc-offset or --tz)")
+    better = guess.rule != "utc" and guess.matched > 0 and not same_reading("utc", guess.rule, wall)
+    return "utc", guess.confidence, rule_flag(guess.rule) if better else None, "default"
 
 
 def _shape_from(layout: Layout, data_lines: list[str]) -> TimeShape | None:

@@ -28,7 +28,9 @@ class LoadResult:
     warnings: list[str] = field(default_factory=list)
     server_time: str = "utc"  # the broker-clock rule of the file (shared.timeutil.server_offset): broker-day boundaries
     zone: str = "utc"  # how the times were converted: a server_time rule, "stated" (offsets in the rows) or "tz:<IANA>"
-    suggestion: str | None = None  # what to do when the file gave no usable bar
+    suggestion: str | None = None  # what to do when the file gave no usable bar, or the flag that reads its clock better
+    server_time_confidence: float = 1.0  # 1 when the zone is stated or given; the inference's confidence otherwise
+    server_time_source: str = "default"  # where `zone` came from: stated (in the rows), given, format, inferred, default
 
     @property
     def rows(self) -> int:
@@ -58,6 +60,8 @@ class LoadResult:
             "last": self.last.isoformat() if self.last else None,
             "gaps": self.gaps,
             "warnings": list(self.warnings),
+            "server_time": self.zone,
+            "server_time_confidence": self.server_time_confidence,
             "suggestion": self.suggestion,
         }
 
