@@ -12,46 +12,11 @@ import numpy as np
 
 from shared.bars import Bars
 from shared.loaders.clock import INFER_MIN_CONFIDENCE, _server_rule, infer_clock, rule_flag, same_reading, wall_to_utc
-from shared.loaders.layout import (
-    HISTDATA_UTC_OFFSET_HOURS,
-    WHITESPACE,
-    Layout,
-    _split,
-    detect_layout,
-)
+from shared.loaders.layout import HISTDATA_UTC_OFFSET_HOURS, WHITESPACE, Layout, _split, detect_layout
 from shared.loaders.report import LoadResult, UnknownFormat, validate_bars
-from shared.loaders.text import (
-    _SNIFF_BYTES,
-    MAX_LINE_BYTES,
-    _line_text,
-    _readable,
-    _scan_lines,
-)
-from shared.loaders.times import (
-    TimeShape,
-    _day_month_order,
-    _epoch_seconds,
-    _parse_formats,
-    time_shape,
-)
-
-_CHUNK_ROWS = 200_000  # rows per pandas chunk: memory stays bounded on files of any length
-_NA = ["nan", "NaN", "NAN", "-nan", "-NaN"]  # read as NaN (the price check names them); any other text is a bad number
-
-
-def _time_strings(chunk, layout: Layout):
-    if "datetime" in layout.columns:
-        return chunk[layout.columns["datetime"]].str.strip()
-    return chunk[layout.columns["date"]].str.strip().str.cat(chunk[layout.columns["time_of_day"]].str.strip(), sep=" ")
-
-
-def _numbers(pd, column, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk's column -> float64 values and a mask of the fields that are no number (NaN, from `nan`, is a number)."""
-    if column.dtype.kind in "fiu":
-        return column.to_numpy(np.float64), np.zeros(len(column), bool)
-    coerced = pd.to_numeric(column, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-    bad = np.isnan(coerced) & ~column.isna().to_numpy()
-    return coerced, bad
+from shared.loaders.rows import read_rows
+from shared.loaders.text import _SNIFF_BYTES, MAX_LINE_BYTES, _line_text, _readable, _scan_lines
+from shared.loaders.times import TimeShape, time_shape
 
 
 def load_m1(
@@ -83,36 +48,26 @@ def load_m1(
         layout = detect_layout(head_lines[first_at])
         data_at = first_at + 1 if layout.header else first_at
         shape = _shape_from(layout, head_lines[data_at:])
-        lines = _scan_lines(source, layout.delimiter)
-        n_lines = len(lines.lengths)
-        line_no = np.arange(1, n_lines + 1)
-        after = line_no > data_at
-        too_long = after & (lines.lengths > MAX_LINE_BYTES)
-        blank = after & (lines.lengths == 0)
-        wrong = after & ~too_long & ~blank & (lines.fields != layout.width)
-        rejected: list[tuple[int, str]] = [(int(n), f"line longer than {MAX_LINE_BYTES} bytes") for n in line_no[too_long]]
-        for i in np.flatnonzero(wrong):
-            text = _line_text(source, lines, int(i), encoding)
-            if text.strip():
-                got = len(_split(text, layout.delimiter)) if layout.delimiter == WHITESPACE else text.count(layout.delimiter) + 1
-                rejected.append((int(i) + 1, f"expected {layout.width} fields, got {got}"))
-            else:
-                blank[i] = True
-        good = after & ~too_long & ~blank & ~wrong
-        line_numbers = line_no[good]
-        parts = _read_rows(source, encoding, layout, shape, skip=np.flatnonzero(~good), expected=len(line_numbers))
+        line_numbers, skip, rejected = _classify_lines(source, encoding, layout, data_at)
+        parts = read_rows(source, encoding, layout, shape, skip=skip, expected=len(line_numbers))
 
     rows_count = len(line_numbers)
-    wall, stated_utc, bad, problems, values, chosen = parts
-    if chosen:
-        warnings.append(chosen)
-    rejected.extend((int(line_numbers[i]), reason) for i, reason in problems.items())
+    wall, stated_utc, bad, values = parts.wall, parts.stated, parts.bad, parts.values
+    if parts.order_note:
+        warnings.append(parts.order_note)
+    rejected.extend((int(line_numbers[i]), reason) for i, reason in parts.problems.items())
 
     o, h, lo, c, vol = (values[k] for k in ("open", "high", "low", "close", "tick_volume"))
     # Filler bars (a closed market padded with flat zero-volume bars) can only be told when the file has volumes.
-    has_volume = "tick_volume" in layout.columns and bool(np.any(vol[~bad] != 0))
+    has_volume = "tick_volume" in layout.columns and bool(np.any((vol != 0) & ~bad))
     filler = (o == h) & (h == lo) & (lo == c) & (vol == 0) & ~bad if has_volume else np.zeros(rows_count, bool)
     keep_idx = np.flatnonzero(~bad & ~filler)
+    dropped_flat = int(filler.sum())
+
+    def kept(column: np.ndarray) -> np.ndarray:
+        return column if len(keep_idx) == rows_count else column[keep_idx]  # no copy when every row is kept
+
+    wall_kept = kept(wall)
 
     # The zone: stated in the rows, given by the caller, HistData's EST, or inferred from the session ends.
     stated = stated_utc or layout.format == "dukascopy"  # "Gmt time" without a suffix is UTC
@@ -124,15 +79,12 @@ def load_m1(
     elif rule is None and layout.format == "histdata":
         rule, source = f"{HISTDATA_UTC_OFFSET_HOURS:+g}", "format"
     else:
-        rule, confidence, clock_hint, source = _clock_rule(rule, wall[keep_idx], warnings)
+        rule, confidence, clock_hint, source = _clock_rule(rule, wall_kept, warnings)
 
-    times = wall[keep_idx] if stated else wall_to_utc(rule, wall[keep_idx])
-    bars = Bars.from_columns(
-        time=times,
-        open=o[keep_idx], high=h[keep_idx], low=lo[keep_idx], close=c[keep_idx],
-        tick_volume=np.rint(vol[keep_idx]).astype(np.int64),
-        spread=values["spread"][keep_idx],
-    )
+    times = wall_kept if stated else wall_to_utc(rule, wall_kept)
+    bars = Bars.from_columns(time=times, open=kept(o), high=kept(h), low=kept(lo), close=kept(c),
+                             tick_volume=np.rint(kept(vol)).astype(np.int64), spread=kept(values["spread"]))
+    del parts, values, vol, wall, wall_kept, filler, bad  # the columns live on in `bars`; the rest is freed before the check
     bars, bad_bars = validate_bars(bars)
     rejected.extend((int(line_numbers[keep_idx[i]]), reason) for i, reason in bad_bars)
     rejected.sort()
@@ -145,9 +97,30 @@ def load_m1(
     # Broker days are counted on the file's clock when it is a rule server_offset knows; else (offsets stated in the
     # rows, an IANA zone) on UTC, as paper accounts and backtests do by default (architecture.md, "Symbols and time").
     broker_rule = "utc" if rule == "stated" or rule.startswith("tz:") else rule
-    return LoadResult(bars=bars, format=layout.format, rejected=rejected, dropped_flat=int(filler.sum()),
+    return LoadResult(bars=bars, format=layout.format, rejected=rejected, dropped_flat=dropped_flat,
                       warnings=warnings, server_time=broker_rule, zone=rule, suggestion=suggestion,
                       server_time_confidence=confidence, server_time_source=source)
+
+
+def _classify_lines(source: Path, encoding: str, layout: Layout, data_at: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(line numbers of the lines pandas parses, indexes of the lines it skips, the refused ones with their reason):
+    from the byte scan, so a line too long or with the wrong number of fields is refused before pandas sees it."""
+    lines = _scan_lines(source, layout.delimiter)
+    line_no = np.arange(1, len(lines.lengths) + 1)
+    after = line_no > data_at
+    too_long = after & (lines.lengths > MAX_LINE_BYTES)
+    blank = after & (lines.lengths == 0)
+    wrong = after & ~too_long & ~blank & (lines.fields != layout.width)
+    rejected: list[tuple[int, str]] = [(int(n), f"line longer than {MAX_LINE_BYTES} bytes") for n in line_no[too_long]]
+    for i in np.flatnonzero(wrong):
+        text = _line_text(source, lines, int(i), encoding)
+        if text.strip():
+            got = len(_split(text, layout.delimiter)) if layout.delimiter == WHITESPACE else text.count(layout.delimiter) + 1
+            rejected.append((int(i) + 1, f"expected {layout.width} fields, got {got}"))
+        else:
+            blank[i] = True
+    good = after & ~too_long & ~blank & ~wrong
+    return line_no[good], np.flatnonzero(~good), rejected
 
 
 def _clock_rule(given: str | None, wall: np.ndarray, warnings: list[str]) -> tuple[str, float, str | None, str]:
@@ -187,90 +160,6 @@ def _shape_from(layout: Layout, data_lines: list[str]) -> TimeShape | None:
             continue
         return time_shape(sample, day_first=True if layout.format == "dukascopy" else None)
     return None
-
-
-def _read_rows(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, *, skip: np.ndarray, expected: int):
-    """The good lines through pandas' C parser, chunk by chunk: (wall or UTC epochs, whether UTC, bad mask,
-    {row: reason}, {column: values}, a note on the day/month order chosen or None)."""
-    import pandas as pd
-
-    time_cols = [layout.columns[k] for k in ("datetime", "date", "time_of_day") if k in layout.columns]
-    n_orders = len(shape.orders) if shape and not shape.name.startswith("epoch") else 1
-    walls: list[list[np.ndarray]] = [[] for _ in range(n_orders)]
-    bads: list[list[np.ndarray]] = [[] for _ in range(n_orders)]
-    number_parts: dict[str, list[np.ndarray]] = {k: [] for k in ("open", "high", "low", "close", "tick_volume", "spread")}
-    number_bad: list[np.ndarray] = []
-    problems: dict[int, str] = {}
-    offset = 0
-    if expected:
-        reader = pd.read_csv(
-            source, sep=r"\s+" if layout.delimiter == WHITESPACE else layout.delimiter, header=None,
-            skiprows=set(skip.tolist()), usecols=sorted(layout.columns.values()), dtype={i: str for i in time_cols},
-            keep_default_na=False, na_values=_NA, skipinitialspace=True, encoding=encoding, encoding_errors="replace",
-            chunksize=_CHUNK_ROWS, engine="c", skip_blank_lines=False,
-        )
-        with reader:
-            for chunk in reader:
-                n = len(chunk)
-                times = _time_strings(chunk, layout)
-                for k in range(n_orders):
-                    if shape is None:
-                        w, b = np.zeros(n, np.int64), np.ones(n, bool)
-                    elif shape.name.startswith("epoch"):
-                        w, b = _epoch_seconds(pd, times, shape)
-                    else:
-                        w, b = _parse_formats(pd, times, shape, k)
-                    walls[k].append(w)
-                    bads[k].append(b)
-                bad_here = np.zeros(n, bool)
-                for column, parts in number_parts.items():
-                    if column not in layout.columns:
-                        parts.append(np.zeros(n, np.float64))
-                        continue
-                    raw = chunk[layout.columns[column]]
-                    v, b = _numbers(pd, raw, column)
-                    if column in ("tick_volume", "spread"):
-                        b |= ~np.isfinite(v)
-                        v = np.where(b, 0.0, v)
-                    for i in np.flatnonzero(b & ~bad_here):
-                        problems[offset + int(i)] = f"bad {column} {str(raw.iloc[i]).strip()!r}"
-                    bad_here |= b
-                    parts.append(v)
-                number_bad.append(bad_here)
-                offset += n
-    if offset != expected:
-        raise UnknownFormat(f"{source}: {offset} rows parsed where {expected} lines were expected: a quoted field holds a line break")
-
-    def joined(parts: list[np.ndarray], dtype) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
-
-    candidates = [(joined(walls[k], np.int64), joined(bads[k], bool)) for k in range(n_orders)]
-    chosen_note = None
-    pick = 0
-    if n_orders == 2:
-        pick, chosen_note = _day_month_order(candidates, shape)
-    wall, bad_time = candidates[pick]
-    bad_number = joined(number_bad, bool)
-    times_text = None
-    for i in np.flatnonzero(bad_time):
-        if times_text is None:
-            times_text = _bad_time_strings(source, encoding, layout, skip, np.flatnonzero(bad_time))
-        problems[int(i)] = f"bad time {times_text[int(i)]!r}"
-    values = {k: joined(v, np.float64) for k, v in number_parts.items()}
-    values["spread"] = values["spread"].astype(np.int64)
-    return wall, bool(shape and shape.stated), bad_time | bad_number, problems, values, chosen_note
-
-
-def _bad_time_strings(source: Path, encoding: str, layout: Layout, skip: np.ndarray, rows: np.ndarray) -> dict[int, str]:
-    """The time text of the given parsed rows (only for the rejection reasons: a second, narrow read)."""
-    import pandas as pd
-
-    time_cols = [layout.columns[k] for k in ("datetime", "date", "time_of_day") if k in layout.columns]
-    frame = pd.read_csv(source, sep=r"\s+" if layout.delimiter == WHITESPACE else layout.delimiter, header=None,
-                        skiprows=set(skip.tolist()), usecols=time_cols, dtype=str, keep_default_na=False,
-                        skipinitialspace=True, encoding=encoding, encoding_errors="replace", engine="c", skip_blank_lines=False)
-    strings = _time_strings(frame, layout)
-    return {int(i): str(strings.iloc[i]) for i in rows}
 
 
 def _suggestion(rejected: list[tuple[int, str]], layout: Layout, shape: TimeShape | None, rows: int) -> str | None:

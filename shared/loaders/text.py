@@ -131,17 +131,25 @@ def _scan_lines(path: Path, delimiter: str) -> _Lines:
             nl = np.flatnonzero(a == 10)
             if sep is None:
                 space = (a == 32) | (a == 9) | (a == 13) | (a == 10)
-                marks = ~space
+                marks = ~space  # a field starts where a non-space follows a space
                 marks[1:] &= space[:-1]
                 marks[0] &= prev_space
                 prev_space = bool(space[-1])
-                marks = np.flatnonzero(marks)
             else:
-                marks = np.flatnonzero(a == sep)
-            per_line = np.bincount(np.searchsorted(nl, marks), minlength=len(nl) + 1)
-            per_line[0] += carry_count
-            count_parts.append(per_line[:-1])
-            carry_count = int(per_line[-1])
+                marks = a == sep
+            # Marks per line: one sum per line segment (each segment holds its line end, so none is empty); the
+            # segment after the last line end is the start of a line the next block ends.
+            seg = np.concatenate(([0], nl + 1))
+            seg = seg[seg < len(a)]
+            sums = np.add.reduceat(marks, seg, dtype=np.int32) if len(seg) else np.zeros(0, np.int32)
+            per_line = sums[: len(nl)].astype(np.int64)
+            tail = int(sums[len(nl)]) if len(sums) > len(nl) else 0
+            if len(nl):
+                per_line[0] += carry_count
+                carry_count = tail
+            else:
+                carry_count += tail
+            count_parts.append(per_line)
             before = np.where(nl > 0, a[np.maximum(nl - 1, 0)], prev_byte)
             cr_parts.append(before == 13)  # a CR LF line end: the CR is no part of the line
             prev_byte = int(a[-1])
