@@ -91,7 +91,14 @@ def us_dst_offset(utc: np.ndarray) -> np.ndarray:
     for y in years:
         switches.append(int(datetime.combine(nth_sunday(y, 3, 2), time(7), UTC).timestamp()))
         switches.append(int(datetime.combine(nth_sunday(y, 11, 1), time(6), UTC).timestamp()))
-    summer = np.searchsorted(np.array(switches, np.int64), utc, side="right") % 2 == 1
+    switches = np.array(switches, np.int64)
+    if len(utc) > 1 and bool(np.all(utc[1:] >= utc[:-1])):
+        # Sorted times (every sound file): the offset is constant between switches, one run per season.
+        cuts = np.searchsorted(utc, switches, side="left")
+        seasons = np.diff(np.concatenate(([0], cuts, [len(utc)])))
+        per_season = np.where(np.arange(len(seasons)) % 2 == 1, 3 * 3600, 2 * 3600).astype(np.int64)
+        return np.repeat(per_season, seasons)
+    summer = np.searchsorted(switches, utc, side="right") % 2 == 1
     return np.where(summer, 3 * 3600, 2 * 3600).astype(np.int64)
 
 
