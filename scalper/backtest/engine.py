@@ -342,7 +342,9 @@ class _Book:
             signal_id=_NO_ID,  # the dedupe key's uuid5 is not a risk input (and costs more than the check itself)
             message_id=_NO_ID, produced_at=bar_time,  # no clock, no random ids: a backtest is deterministic
             bot_id=1, account_id=1, symbol=cfg.symbol, timeframe=s.timeframe, strategy=s.strategy, side=s.side,
-            bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score, features=s.features,
+            bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score,
+            features={**s.features, "spread_points": float(self.spread[j])},  # issue 19: as the live worker sends it
+            p_win=s.p_win, expected_r_net=s.expected_r_net,  # issue 19: the calibration's, when one is loaded
         )
         decision = decide(rules=rules, signal=signal, exposure=exposure, spec=spec, max_stop_atr=cfg.max_stop_atr)
         if decision.action != "open":

@@ -223,6 +223,8 @@ def _signal_values(signal: Signal, now: datetime) -> dict:
         "target": signal.target,
         "score": signal.score,
         "features": dict(signal.features),
+        "p_win": signal.p_win,
+        "expected_r_net": signal.expected_r_net,
         "created_at": now,
     }
 

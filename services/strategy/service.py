@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from shared import metrics
 from shared.bars import Bars
 from shared.bus import topology
+from shared.costs import spread_points_of
 from shared.bus.base import Bus, Consumer, Delivery, Outgoing
 from shared.logging import get_logger
 from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, Signal, StrategyConfig, signal_id_for
@@ -109,6 +110,7 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
     plan = _resolve(window, catalog)
     # One indicator cache per window: strategies that need ATR(14) (or any same indicator) on these bars share it.
     ctx = EvalContext(spec=spec, levels=window.levels, cache=WindowCache(bars))
+    spread = spread_points_of(bars, spec)  # the decision's cost gates read it back (features["spread_points"])
 
     results: dict[Key, Match | Exception | None] = {}  # one evaluation per distinct (strategy, params)
     outcomes: dict[_Entry, Match | Exception | None] = {}  # each entry's result, looked up by identity per bot
@@ -156,7 +158,7 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
                     stop=result.stop,
                     target=result.target,
                     score=result.score,
-                    features=result.features,
+                    features={**result.features, "spread_points": spread},
                     produced_at=now,
                 )
             except ValidationError as exc:  # a strategy's match that no Signal can carry is that strategy's bug
