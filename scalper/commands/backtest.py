@@ -35,7 +35,7 @@ def backtest(
     engine: Annotated[str, typer.Option(help="scalper | harami")] = "scalper",
     date_from: Annotated[str | None, typer.Option("--from", help="first day traded, UTC (YYYY-MM-DD); earlier bars still warm up")] = None,
     date_to: Annotated[str | None, typer.Option("--to", help="last day traded, UTC (inclusive)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the stats (GET /stats shape), run metadata and trades here ('-' for stdout)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the stats (GET /stats shape), run metadata, trades and every signal with its outcome here ('-' for stdout)")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
     balance: Annotated[float, typer.Option(help="starting balance, account currency")] = 10_000.0,
     commission_per_lot: Annotated[float, typer.Option(help="commission per lot, round turn")] = 0.0,
@@ -131,6 +131,12 @@ def backtest(
     finally:
         finish()
     doc = to_json(result, file=str(file), file_format=loaded.format)
+    if json_out is not None:
+        from scalper.calibrate.records import signal_records
+        from shared.sanity import check_bars
+
+        checked = check_bars(bars, max_atr=config.bar_sanity_atr, digits=spec.digits).bars  # the bars the signals index
+        doc["signals"] = signal_records(checked, spec, result.signals, spread_points=spread_points)
     if json_out is not None:
         text = json.dumps(doc, indent=2)
         if str(json_out) == "-":
