@@ -44,7 +44,7 @@ class RangeReversionParams(BaseModel):
     stop_buffer_atr: float = Field(0.25, ge=0.0, le=3.0, description="stop beyond the range edge by this many ATRs")
     min_reward_r: float = Field(0.5, ge=0.0, le=10.0, description="the middle of the range at least this many R away")
     adx_exit: float = Field(25.0, ge=0.0, le=100.0, description="an open trade's setup is invalid once ADX is above this "
-                            "(strategies.md: 25); so is a close outside the signal's channel")
+                            "(strategies.md: 25; never below adx_max); so is a close outside the signal's channel")
     weight_regime: float = Field(0.25, ge=0.0, le=1.0)
     weight_stretch: float = Field(0.25, ge=0.0, le=1.0)
     weight_tag: float = Field(0.25, ge=0.0, le=1.0)
@@ -55,8 +55,6 @@ class RangeReversionParams(BaseModel):
         total = self.weight_regime + self.weight_stretch + self.weight_tag + self.weight_reward
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"the four weights must sum to 1, not {total:g}")
-        if self.adx_exit < self.adx_max:
-            raise ValueError(f"adx_exit ({self.adx_exit:g}) below adx_max ({self.adx_max:g}) would invalidate every setup at once")
         return self
 
 
@@ -169,8 +167,10 @@ def invalidation(bars: Bars, ctx: EvalContext, params: RangeReversionParams, fea
     top, bottom = float(features["channel_high"]), float(features["channel_low"])
     close = bars.close
     x = cached(ctx, bars, ("adx", params.adx_period), lambda: adx(bars.high, bars.low, close, params.adx_period))
+    # A bot with adx_max above adx_exit entered at an ADX over the exit level: its setup breaks only above both.
+    limit = max(params.adx_exit, params.adx_max)
     with np.errstate(invalid="ignore"):  # NaN ADX (not enough bars yet) is not above the limit
-        return (x > params.adx_exit) | (close >= top) | (close <= bottom)
+        return (x > limit) | (close >= top) | (close <= bottom)
 
 
 STRATEGY = StrategyDef(

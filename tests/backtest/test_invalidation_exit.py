@@ -109,9 +109,13 @@ def test_range_reversion_is_invalid_on_a_close_outside_its_channel_or_an_adx_abo
     assert range_reversion.invalidation(trend, ctx, p, wide)[-1]
 
 
-def test_adx_exit_below_adx_max_is_refused():
-    with pytest.raises(ValueError, match="adx_exit"):
-        range_reversion.RangeReversionParams(adx_max=20.0, adx_exit=15.0)
+def test_the_exit_level_is_never_below_the_entry_regimes_limit():
+    bars = _quiet(600)
+    adx = np.nan_to_num(range_reversion.adx(bars.high, bars.low, bars.close, 14), nan=0.0)
+    wide = {"channel_high": 1e9, "channel_low": 0.0}
+    ctx = EvalContext(spec=GOLD)
+    high_regime = range_reversion.RangeReversionParams(adx_max=40.0, adx_exit=15.0)
+    assert np.array_equal(range_reversion.invalidation(bars, ctx, high_regime, wide), adx > 40.0)
 
 
 def test_first_invalid():

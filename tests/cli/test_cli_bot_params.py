@@ -31,9 +31,9 @@ def test_params_and_cost_settings_reach_the_bot_and_bad_ones_are_refused(db, tmp
     assert (bot["min_stop_spread_ratio"], bot["min_expected_r"]) == (4.0, 0.1)
     assert _sql(db, "SELECT min_stop_spread_ratio, min_expected_r FROM bots") == [(4.0, 0.1)]
 
-    params.write_text(json.dumps({"strategy_params": {"range_reversion": {"adx_max": 99.0}}}))  # above adx_exit 25
+    params.write_text(json.dumps({"strategy_params": {"range_reversion": {"adx_max": 150.0}}}))  # over its bound, 100
     refused = runner.invoke(app, ["bot", "setup", "--symbol", "XAUUSDm", "--params", str(params)])
-    assert refused.exit_code == 2 and "adx_exit" in refused.output
+    assert refused.exit_code == 2 and "adx_max" in refused.output
     negative = runner.invoke(app, ["bot", "setup", "--symbol", "XAUUSDm", "--min-stop-spread-ratio", "-1"])
     assert negative.exit_code == 2 and "min_stop_spread_ratio" in negative.output
     params.write_text("[]")
