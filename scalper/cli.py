@@ -22,6 +22,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(__import__("scalper.commands.data", fromlist=["data_app"]).data_app, name="data")  # scalper data check
 app.command("backtest")(__import__("scalper.commands.backtest", fromlist=["backtest"]).backtest)  # scalper backtest FILE
 app.command("calibrate")(__import__("scalper.commands.calibrate", fromlist=["calibrate"]).calibrate)  # scalper calibrate FILE...
+app.command("tune")(__import__("scalper.commands.tune", fromlist=["tune"]).tune)  # scalper tune FILE --strategy NAME
 app.command("serve")(__import__("scalper.commands.serve", fromlist=["serve"]).serve)  # distributed mode: one service per process
 app.add_typer(__import__("scalper.commands.sim", fromlist=["sim_app"]).sim_app, name="sim")  # scalper sim mt5: the simulator behind the mt5linux bridge
 
