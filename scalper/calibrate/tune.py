@@ -128,10 +128,17 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if len(values) >= MIN_FOLD_TRADES else None
 
 
-def score(folds: list[list[float]]) -> float:
-    """The objective: pooled net expectancy over the test folds 1..K-2 (fold 0 is only in-sample, K-1 the holdout)."""
-    pooled = [r for f in folds[1:-1] for r in f]
-    return float(np.mean(pooled)) if len(pooled) >= MIN_FOLD_TRADES * max(1, len(folds) - 2) // 2 else -10.0
+INFEASIBLE = -10.0  # the objective of parameters that trade too little to be judged (a loss no real setting reaches)
+
+
+def score(folds: list[list[float]], min_trades: int = MIN_FOLD_TRADES) -> float:
+    """The objective: pooled net expectancy over the test folds 1..K-2 (fold 0 is only in-sample, K-1 the holdout).
+    Parameters with fewer than `min_trades` trades in any test fold are infeasible: a handful of lucky trades must not
+    win the search."""
+    tests = folds[1:-1]
+    if not tests or any(len(f) < min_trades for f in tests):
+        return INFEASIBLE
+    return float(np.mean([r for f in tests for r in f]))
 
 
 def fold_table(folds: list[list[float]]) -> list[dict[str, Any]]:
@@ -145,6 +152,8 @@ def fold_table(folds: list[list[float]]) -> list[dict[str, Any]]:
 
 def overfitting_warning(table: list[dict[str, Any]], objective: float, holdout: float | None) -> str | None:
     problems = []
+    if objective <= INFEASIBLE:
+        problems.append("no trial traded enough in every test fold: nothing here is measured")
     gaps = [r["in_sample_r"] - r["out_of_sample_r"] for r in table if r["in_sample_r"] is not None and r["out_of_sample_r"] is not None]
     if gaps and float(np.mean(gaps)) > OVERFIT_GAP_R:
         problems.append(f"in-sample beats out-of-sample by {np.mean(gaps):.2f} R per trade on average")
@@ -158,7 +167,7 @@ def overfitting_warning(table: list[dict[str, Any]], objective: float, holdout: 
 
 
 def tune(bars, *, symbol: str, strategy: str, trials: int, folds: int, commission_per_lot: float = 0.0, jobs: int = 2,
-         seed: int = 19, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+         seed: int = 19, min_trades: int = 20, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     import optuna
 
     from shared.strategies import catalog
@@ -191,7 +200,7 @@ def tune(bars, *, symbol: str, strategy: str, trials: int, folds: int, commissio
                     invalid += 1
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     continue
-                value = score(got["folds"])
+                value = score(got["folds"], min_trades)
                 results[trial.number] = {"params": params, "folds": got["folds"], "objective": value}
                 study.tell(trial, value)
                 if progress is not None:
@@ -209,6 +218,7 @@ def tune(bars, *, symbol: str, strategy: str, trials: int, folds: int, commissio
         "format": FORMAT, "version": VERSION, "strategy": strategy, "symbol": symbol, "folds": folds, "trials": trials,
         "invalid_trials": invalid, "commission_per_lot": commission_per_lot,
         "objective": "pooled net expectancy (R per trade) on walk-forward test folds 1..K-2; fold K-1 is a holdout",
+        "min_fold_trades": min_trades, "feasible_trials": sum(1 for r in results.values() if r["objective"] > INFEASIBLE),
         "best_trial": best_n, "best_objective": best["objective"], "holdout_r": holdout,
         "default_objective": None if default is None else default["objective"],
         "default_holdout_r": None if default is None else fold_table(default["folds"])[-1]["out_of_sample_r"],

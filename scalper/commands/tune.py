@@ -20,6 +20,7 @@ def tune(
     symbol: Annotated[str | None, typer.Option(help="the symbol (default: the file name's leading letters)")] = None,
     commission_per_lot: Annotated[float, typer.Option(help="commission per lot, round turn")] = 0.0,
     jobs: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 2,
+    min_fold_trades: Annotated[int, typer.Option(min=1, help="trades each test fold needs for a trial to count")] = 20,
 ) -> None:
     """Search the strategy's parameters walk-forward; the objective is out-of-sample expectancy net of costs."""
     from scalper.calibrate.tune import tune as run
@@ -42,7 +43,8 @@ def tune(
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
     bars = check_bars(loaded.bars, max_atr=get_settings().bar_sanity_atr, digits=spec.digits).bars
-    doc = run(bars, symbol=spec.name, strategy=strategy, trials=trials, folds=folds, commission_per_lot=commission_per_lot, jobs=jobs)
+    doc = run(bars, symbol=spec.name, strategy=strategy, trials=trials, folds=folds, commission_per_lot=commission_per_lot, jobs=jobs,
+              min_trades=min_fold_trades)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     if html_out is not None:
         html_out.write_text(_html(doc))
@@ -52,6 +54,7 @@ def tune(
     for row in doc["table"]:
         typer.echo(f"{row['fold']:>4}{' H' if row['holdout'] else '  '} {row['in_sample_trades']:>10}  {_r(row['in_sample_r'])}  "
                    f"{row['out_of_sample_trades']:>10}  {_r(row['out_of_sample_r'])}")
+    typer.echo(f"{doc['feasible_trials']} of {len(doc['history'])} trials traded at least {doc['min_fold_trades']} times in every test fold")
     if doc["warning"]:
         typer.secho(f"overfitting warning: {doc['warning']}", fg=typer.colors.YELLOW)
 

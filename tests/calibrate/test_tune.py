@@ -33,11 +33,13 @@ def test_the_table_is_in_sample_before_the_fold_beside_the_fold_and_the_objectiv
     assert [(r["fold"], r["in_sample_trades"], r["out_of_sample_trades"], r["holdout"]) for r in table] == [
         (1, 10, 10, False), (2, 20, 10, False), (3, 30, 10, True)]
     assert table[1]["in_sample_r"] == pytest.approx(0.75) and table[2]["out_of_sample_r"] == -1.0
-    assert score(folds) == pytest.approx(0.15)  # folds 1 and 2 only
-    warning = overfitting_warning(table, score(folds), table[-1]["out_of_sample_r"])
+    assert score(folds, 10) == pytest.approx(0.15)  # folds 1 and 2 only
+    assert score(folds, 11) == -10.0  # a test fold under the minimum: infeasible
+    warning = overfitting_warning(table, score(folds, 10), table[-1]["out_of_sample_r"])
     assert "in-sample beats out-of-sample" in warning and "holdout" in warning
     steady = [[0.2] * 10] * 4
-    assert overfitting_warning(fold_table(steady), score(steady), 0.2) is None
+    assert overfitting_warning(fold_table(steady), score(steady, 10), 0.2) is None
+    assert "nothing here is measured" in overfitting_warning(fold_table(steady), score(steady, 11), 0.2)
     assert fold_table([[1.0] * 3, [1.0] * 3, [1.0] * 3])[0]["in_sample_r"] is None  # too few trades to say
 
 
@@ -46,7 +48,7 @@ def test_tune_end_to_end_writes_params_bot_setup_loads(gold_file, tmp_path, monk
     out, html = tmp_path / "best.json", tmp_path / "tune.html"
     runner = CliRunner()
     run = runner.invoke(app, ["tune", str(gold_file), "--strategy", "price_action_pinbar", "--trials", "4", "--folds", "3",
-                              "--out", str(out), "--html", str(html), "--commission-per-lot", "7"])
+                              "--out", str(out), "--html", str(html), "--commission-per-lot", "7", "--min-fold-trades", "5"])
     assert run.exit_code == 0, run.output
     doc = json.loads(out.read_text())
     assert doc["format"] == "scalper.tune" and len(doc["table"]) == 2 and doc["table"][-1]["holdout"]
