@@ -128,6 +128,11 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if len(values) >= MIN_FOLD_TRADES else None
 
 
+def _se(values: list[float]) -> float | None:
+    """The standard error of the mean R: what separates an expectancy from luck on this many trades."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) >= MIN_FOLD_TRADES else None
+
+
 INFEASIBLE = -10.0  # the objective of parameters that trade too little to be judged (a loss no real setting reaches)
 
 
@@ -146,7 +151,8 @@ def fold_table(folds: list[list[float]]) -> list[dict[str, Any]]:
     for k in range(1, len(folds)):
         before = [r for f in folds[:k] for r in f]
         rows.append({"fold": k, "holdout": k == len(folds) - 1, "in_sample_trades": len(before), "in_sample_r": _mean(before),
-                     "out_of_sample_trades": len(folds[k]), "out_of_sample_r": _mean(folds[k])})
+                     "out_of_sample_trades": len(folds[k]), "out_of_sample_r": _mean(folds[k]),
+                     "out_of_sample_se": _se(folds[k])})
     return rows
 
 
@@ -163,6 +169,9 @@ def overfitting_warning(table: list[dict[str, Any]], objective: float, holdout: 
         problems.append(f"the holdout ({holdout:+.3f} R) is much worse than the search's figure ({objective:+.3f} R)")
     if holdout is not None and holdout <= 0:
         problems.append("the holdout loses after costs")
+    elif holdout is not None and table and table[-1]["out_of_sample_se"] and holdout < 2 * table[-1]["out_of_sample_se"]:
+        problems.append(f"the holdout's gain ({holdout:+.3f} R) is under two standard errors "
+                        f"({table[-1]['out_of_sample_se']:.3f} R): not distinguishable from no edge")
     return "; ".join(problems) or None
 
 

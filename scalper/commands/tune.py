@@ -50,10 +50,11 @@ def tune(
         html_out.write_text(_html(doc))
     typer.echo(f"{strategy} on {spec.name}: best trial {doc['best_trial']} of {trials}, objective {doc['best_objective']:+.3f} R "
                f"(defaults {_r(doc['default_objective'])}), holdout {_r(doc['holdout_r'])} (defaults {_r(doc['default_holdout_r'])})")
-    typer.echo("fold  in-sample trades  R     out-of-sample trades  R")
+    typer.echo("fold  in-sample trades  R     out-of-sample trades  R (± standard error)")
     for row in doc["table"]:
         typer.echo(f"{row['fold']:>4}{' H' if row['holdout'] else '  '} {row['in_sample_trades']:>10}  {_r(row['in_sample_r'])}  "
-                   f"{row['out_of_sample_trades']:>10}  {_r(row['out_of_sample_r'])}")
+                   f"{row['out_of_sample_trades']:>10}  {_r(row['out_of_sample_r'])}"
+                   + ("" if row["out_of_sample_se"] is None else f" ± {row['out_of_sample_se']:.3f}"))
     typer.echo(f"{doc['feasible_trials']} of {len(doc['history'])} trials traded at least {doc['min_fold_trades']} times in every test fold")
     if doc["warning"]:
         typer.secho(f"overfitting warning: {doc['warning']}", fg=typer.colors.YELLOW)

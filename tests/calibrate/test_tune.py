@@ -38,7 +38,9 @@ def test_the_table_is_in_sample_before_the_fold_beside_the_fold_and_the_objectiv
     warning = overfitting_warning(table, score(folds, 10), table[-1]["out_of_sample_r"])
     assert "in-sample beats out-of-sample" in warning and "holdout" in warning
     steady = [[0.2] * 10] * 4
-    assert overfitting_warning(fold_table(steady), score(steady, 10), 0.2) is None
+    assert overfitting_warning(fold_table(steady), score(steady, 10), 0.2) is None  # no spread: no standard error
+    noisy = [[1.0, -1.0] * 10] * 3 + [[1.2, -1.0] * 10]
+    assert "not distinguishable from no edge" in overfitting_warning(fold_table(noisy), 0.1, 0.1)
     assert "nothing here is measured" in overfitting_warning(fold_table(steady), score(steady, 11), 0.2)
     assert fold_table([[1.0] * 3, [1.0] * 3, [1.0] * 3])[0]["in_sample_r"] is None  # too few trades to say
 
