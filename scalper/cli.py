@@ -7,7 +7,6 @@ import json
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
 from shared.settings import Settings
 
@@ -129,6 +128,8 @@ def bot_setup(
 ) -> None:
     """Create or update a scalper bot (upsert on user, account, symbol, engine) and print it as JSON; an existing bot
     changes only in the options given."""
+    from sqlalchemy import select  # here, not at the top: `scalper backtest` imports no database module
+
     from services.decision.bots import BotSetupError, setup_bot
     from shared.db.models import BrokerAccount, User
 

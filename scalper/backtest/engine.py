@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from scalper.backtest.signals import Progress, ScanStats, SignalEvent, day_keys, scan_history
-from services.decision.killswitch import DailyPnl, daily_loss_tripped
+from services.decision.daily_loss import DailyPnl, daily_loss_tripped
 from services.decision.risk import BotRules, Exposure, decide, margin_required
 from services.executor import fills
 from services.executor.trailing import ExitRule, TrailRule, time_stop_hit, trailing_stop
