@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from scalper.backtest.refusals import bot_refusal
 from scalper.backtest.signals import Progress, ScanStats, SignalEvent, day_keys, scan_history
 from services.decision.daily_loss import DailyPnl, daily_loss_tripped
 from services.decision.risk import BotRules, Exposure, decide, margin_required
@@ -327,6 +328,11 @@ class _Book:
         day = int(self.day[j])
         open_now = [t for t in self.active if t.exit_index > j]  # advance(j) ran: the positions open at j's close
         status = "killed" if self.killed_day == day else cfg.rules.status
+        refused = bot_refusal(cfg.rules, status=status, score=s.score, open_positions=len(open_now),
+                              open_on_symbol=len(open_now), trades_today=self.sent_per_day[day])
+        if refused is not None:  # most signals end here (a position open, the day's trades used): no Signal built
+            self.ignored[refused] += 1
+            return
         rules = cfg.rules if status == cfg.rules.status else _with_status(cfg.rules, status)
         used_margin = sum(margin_required(spec=spec, volume=t.volume, price=t.entry_price, leverage=100.0) for t in open_now)
         exposure = Exposure(open_positions=len(open_now), open_on_symbol=len(open_now), trades_today=self.sent_per_day[day],
