@@ -400,7 +400,8 @@ def run_backtest(
     start = 0 if trade_from is None else int(np.searchsorted(bars.time, trade_from))
     if signals is None:
         signals = scan_history(bars, spec=spec, configs=config.strategies, catalog=catalog, server_time=config.server_time,
-                               min_lookback=config.min_lookback, start=start, progress=progress, stats=scan)
+                               min_lookback=config.min_lookback, start=start, progress=progress, stats=scan,
+                               score_marks=(config.rules.decision_min_score,), stop_atr_marks=(config.max_stop_atr,))
     book = _Book(bars, spec, config)
     for s in signals:
         book.advance(s.index)
