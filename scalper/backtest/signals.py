@@ -183,7 +183,7 @@ def scan_history(
     masks: list[np.ndarray | None] = []
     proved: list[tuple[int, int, SignalEvent]] = []  # (bar, config position, event) from arrays
     for pos, r in enumerate(resolved):
-        over = for_strategy(r.strategy) if (arrays and prefilter) else None
+        over = for_strategy(r.strategy, r.params) if (arrays and prefilter) else None
         if over is not None:
             hs = over(bars, r.params, lookback=lookback, first=first, end=end)
             mask = np.zeros(end - first, bool)

@@ -7,6 +7,7 @@ term plus over_history.ROUNDING."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,11 +16,12 @@ import talib
 
 from shared.bars import FIELDS, Bars
 from shared.loaders import load_m1
-from shared.strategies import catalog, trend_pullback
+from shared.strategies import catalog
 from shared.strategies.base import EvalContext, WindowCache
 from shared.strategies.over_history import ROUNDING, for_strategy
 from shared.symbols import get_spec
 
+ARRAY_STRATEGIES = ["trend_pullback", "doji_breakout"]
 LOOKBACK = catalog.CATALOG.lookback_for([catalog.StrategyConfig(name=n) for n in catalog.names("scalper")])
 
 
@@ -46,16 +48,27 @@ def _bars(which: str, request) -> tuple[Bars, str]:
     return load_m1(path).bars, "XAUUSD" if which == "gold" else "EURUSD"
 
 
+def test_array_forms_cover_default_parameters_and_only_their_own_evaluate():
+    for name in ARRAY_STRATEGIES:
+        strategy = catalog.CATALOG.get(name)
+        assert for_strategy(strategy, catalog.CATALOG.parse_params(name)) is not None
+    doji = catalog.CATALOG.get("doji_breakout")
+    assert for_strategy(doji, catalog.CATALOG.parse_params("doji_breakout", {"squeeze": True})) is None  # evaluate's
+    assert for_strategy(dataclasses.replace(doji, evaluate=lambda b, c, p: None), catalog.CATALOG.parse_params("doji_breakout")) is None
+
+
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
 
 
+@pytest.mark.parametrize("name", ARRAY_STRATEGIES)
 @pytest.mark.parametrize("which", ["gold", "eurusd", "generated"])
-def test_trend_pullback_arrays_are_evaluate(which, request):
+def test_arrays_are_evaluate(name, which, request):
     bars, symbol = _bars(which, request)
     spec = get_spec(symbol)
-    params = catalog.CATALOG.parse_params("trend_pullback")
-    over = for_strategy(catalog.CATALOG.get("trend_pullback"))
+    strategy = catalog.CATALOG.get(name)
+    params = catalog.CATALOG.parse_params(name)
+    over = for_strategy(strategy, params)
     first, end = LOOKBACK - 1, len(bars)
     hs = over(bars, params, lookback=LOOKBACK, first=first, end=end)
     proved = {i: k for k, i in enumerate(hs.index.tolist())}
@@ -66,7 +79,7 @@ def test_trend_pullback_arrays_are_evaluate(which, request):
     matches = 0
     for i in range(first, end):
         window = Bars(*(c[i + 1 - LOOKBACK : i + 1] for c in cols))
-        m = trend_pullback.evaluate(window, EvalContext(spec=spec, cache=WindowCache(window)), params)
+        m = strategy.evaluate(window, EvalContext(spec=spec, cache=WindowCache(window)), params)
         if i in unsure:
             continue
         if i not in proved:
