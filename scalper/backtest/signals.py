@@ -180,12 +180,13 @@ def scan_history(
     if first >= end:
         return []
     stats.windows = end - first
+    levels = LevelsByDay(bars, first, server_time)
     masks: list[np.ndarray | None] = []
     proved: list[tuple[int, int, SignalEvent]] = []  # (bar, config position, event) from arrays
     for pos, r in enumerate(resolved):
         over = for_strategy(r.strategy, r.params) if (arrays and prefilter) else None
         if over is not None:
-            hs = over(bars, r.params, lookback=lookback, first=first, end=end)
+            hs = over(bars, r.params, lookback=lookback, first=first, end=end, spec=spec, levels=levels)
             mask = np.zeros(end - first, bool)
             mask[hs.unsure - first] = True
             taken = 0
@@ -211,7 +212,6 @@ def scan_history(
         for m in masks:
             union |= m
         todo = np.flatnonzero(union) + first
-    levels = LevelsByDay(bars, first, server_time)
     out: list[tuple[int, int, SignalEvent]] = []
     total = len(todo)
     step = max(1, total // 200)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import talib
 
+from scalper.backtest.signals import LevelsByDay
 from shared.bars import FIELDS, Bars
 from shared.loaders import load_m1
 from shared.strategies import catalog
@@ -21,7 +22,7 @@ from shared.strategies.base import EvalContext, WindowCache
 from shared.strategies.over_history import ROUNDING, for_strategy
 from shared.symbols import get_spec
 
-ARRAY_STRATEGIES = ["trend_pullback", "doji_breakout"]
+ARRAY_STRATEGIES = ["price_action_pinbar", "trend_pullback", "doji_breakout"]
 LOOKBACK = catalog.CATALOG.lookback_for([catalog.StrategyConfig(name=n) for n in catalog.names("scalper")])
 
 
@@ -70,7 +71,8 @@ def test_arrays_are_evaluate(name, which, request):
     params = catalog.CATALOG.parse_params(name)
     over = for_strategy(strategy, params)
     first, end = LOOKBACK - 1, len(bars)
-    hs = over(bars, params, lookback=LOOKBACK, first=first, end=end)
+    levels = LevelsByDay(bars, first, "utc")
+    hs = over(bars, params, lookback=LOOKBACK, first=first, end=end, spec=spec, levels=levels)
     proved = {i: k for k, i in enumerate(hs.index.tolist())}
     unsure = set(hs.unsure.tolist())
     assert not (unsure & set(proved))
@@ -79,7 +81,7 @@ def test_arrays_are_evaluate(name, which, request):
     matches = 0
     for i in range(first, end):
         window = Bars(*(c[i + 1 - LOOKBACK : i + 1] for c in cols))
-        m = strategy.evaluate(window, EvalContext(spec=spec, cache=WindowCache(window)), params)
+        m = strategy.evaluate(window, EvalContext(spec=spec, levels=levels.at(i), cache=WindowCache(window)), params)
         if i in unsure:
             continue
         if i not in proved:

@@ -18,7 +18,7 @@ def covers(p: Any) -> bool:
     return p is not None and p.consolidation == "box" and not p.squeeze
 
 
-def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int) -> HistorySignals:
+def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_: Any) -> HistorySignals:
     """shared/strategies/doji_breakout.evaluate on every window bars[i+1-lookback : i+1], i in [first, end)."""
     from shared.strategies.doji_breakout import _min_bars
     from shared.strategies.indicators import BODY_DOJI_FACTOR, BODY_DOJI_PERIOD

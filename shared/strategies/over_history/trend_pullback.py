@@ -12,7 +12,7 @@ from shared.strategies.over_history.bounds import (ROUNDING, SCORE_REL, HistoryS
                                                    engulfing, hammer, quotient_error, ramp, rolling)
 
 
-def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int) -> HistorySignals:
+def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_: Any) -> HistorySignals:
     """shared/strategies/trend_pullback.evaluate on every window bars[i+1-lookback : i+1], i in [first, end)."""
     from shared.strategies.trend_pullback import VOL_SANE, VOL_ZERO_AT, _min_bars
 
