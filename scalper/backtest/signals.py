@@ -127,23 +127,23 @@ def resolve(configs: Sequence[StrategyConfig], catalog: Catalog = CATALOG) -> li
 NEAR = 1e-9
 
 
-def _near_rounding(price: float, digits: int) -> bool:
+def _near_rounding(price: np.ndarray, digits: int) -> np.ndarray:
     x = price * 10.0**digits
-    return abs(x - np.floor(x) - 0.5) <= NEAR * abs(x) + 1e-12
+    return np.abs(x - np.floor(x) - 0.5) <= NEAR * np.abs(x) + 1e-12
 
 
-def _fragile(hs: HistorySignals, k: int, spec: SymbolSpec, score_marks: Sequence[float], stop_atr_marks: Sequence[float]) -> bool:
-    entry, stop, target, score = float(hs.entry[k]), float(hs.stop[k]), float(hs.target[k]), float(hs.score[k])
-    if _near_rounding(stop, spec.digits) or _near_rounding(target, spec.digits):
-        return True
-    if any(abs(score - m) <= NEAR * max(abs(m), 1e-3) for m in score_marks):
-        return True
-    atr = hs.features[k].get("atr")
-    if isinstance(atr, float) and atr > 0:
-        far = max(abs(stop - entry), abs(target - entry)) / atr
-        if any(abs(far - m) <= NEAR * abs(m) for m in stop_atr_marks):
-            return True
-    return False
+def _fragile(hs: HistorySignals, spec: SymbolSpec, score_marks: Sequence[float], stop_atr_marks: Sequence[float]) -> np.ndarray:
+    """Matches from arrays the risk rules would judge near one of their thresholds: evaluate decides them."""
+    out = _near_rounding(hs.stop, spec.digits) | _near_rounding(hs.target, spec.digits)
+    for mark in score_marks:
+        out |= np.abs(hs.score - mark) <= NEAR * max(abs(mark), 1e-3)
+    if stop_atr_marks and len(hs.index):
+        atr = np.array([f.get("atr") if isinstance(f.get("atr"), float) else np.nan for f in hs.features])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            far = np.maximum(np.abs(hs.stop - hs.entry), np.abs(hs.target - hs.entry)) / atr
+            for mark in stop_atr_marks:
+                out |= (atr > 0) & (np.abs(far - mark) <= NEAR * abs(mark))
+    return out
 
 
 def scan_history(
@@ -189,17 +189,16 @@ def scan_history(
             hs = over(bars, r.params, lookback=lookback, first=first, end=end, spec=spec, levels=levels)
             mask = np.zeros(end - first, bool)
             mask[hs.unsure - first] = True
-            taken = 0
-            for k, i in enumerate(hs.index.tolist()):
-                if _fragile(hs, k, spec, score_marks, stop_atr_marks):
-                    mask[i - first] = True
-                    continue
-                taken += 1
-                proved.append((i, pos, SignalEvent(
-                    index=i, bar_time=int(bars.time[i]), strategy=r.name, timeframe=r.strategy.timeframe, side=str(hs.side[k]),
-                    entry=float(hs.entry[k]), stop=float(hs.stop[k]), target=float(hs.target[k]), score=float(hs.score[k]),
-                    features=hs.features[k])))
-            stats.from_arrays[r.name] = taken
+            fragile = _fragile(hs, spec, score_marks, stop_atr_marks)
+            mask[hs.index[fragile] - first] = True
+            good = np.flatnonzero(~fragile)
+            times = bars.time[hs.index[good]].tolist()
+            for k, i, t, side, entry, stop, target, score in zip(
+                    good.tolist(), hs.index[good].tolist(), times, hs.side[good].tolist(), hs.entry[good].tolist(),
+                    hs.stop[good].tolist(), hs.target[good].tolist(), hs.score[good].tolist(), strict=True):
+                proved.append((i, pos, SignalEvent(index=i, bar_time=t, strategy=r.name, timeframe=r.strategy.timeframe, side=side,
+                                                   entry=entry, stop=stop, target=target, score=score, features=hs.features[k])))
+            stats.from_arrays[r.name] = len(good)
             stats.proved_none[r.name] = hs.proved_none
             masks.append(mask)
             continue

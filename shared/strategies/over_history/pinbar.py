@@ -16,6 +16,7 @@ from shared.strategies.over_history.bounds import (ROUNDING, SCORE_REL, HistoryS
                                                    quotient_error)
 
 DAY_KINDS = ("prev_high", "prev_low", "pivot", "r1", "s1")
+KINDS = ("swing_low", "swing_high", *DAY_KINDS, "round")
 
 
 def _ramp(x: np.ndarray, x0: float, x1: float) -> np.ndarray:
@@ -74,18 +75,22 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spe
         range_atr = rng / a
         e_range = quotient_error(rng, np.zeros(len(i)), a, ea)
         gate_true, gate_false = decided(range_atr - p.min_range_atr, e_range, strict=False)
-    sure, maybe = a_true & gate_true, ~a_false & ~gate_false
+    keep = ~a_false & ~gate_false  # the rest surely fail the ATR gate: no location to look for
+    i, o, h, lo, c, rng, body_top, body_bottom, body, tail, nose, bullish, beyond, extreme, a, ea, range_atr, e_range, a_true, gate_true = (
+        x[keep] for x in (i, o, h, lo, c, rng, body_top, body_bottom, body, tail, nose, bullish, beyond, extreme, a, ea, range_atr,
+                          e_range, a_true, gate_true))
+    sure, maybe = a_true & gate_true, np.ones(len(i), bool)
     # Location: the nearest level on the far side of the body; first in evaluate's order among equals.
     tip = np.where(bullish, lo, h)
     best = np.full(len(i), np.inf)
     level = np.zeros(len(i))
-    kind = np.full(len(i), "", dtype=object)
+    kind = np.full(len(i), -1)  # index into KINDS
 
     def consider(name: str, price: np.ndarray, valid: np.ndarray) -> None:
         side_ok = valid & np.where(bullish, price <= body_bottom, price >= body_top)
         dist = np.abs(tip - price)
         better = side_ok & (dist < best)
-        best[better], level[better], kind[better] = dist[better], price[better], name
+        best[better], level[better], kind[better] = dist[better], price[better], KINDS.index(name)
 
     if p.use_swings and len(i):
         n = p.swing_n
@@ -110,7 +115,7 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spe
         rows = np.arange(len(i))
         found = np.isfinite(dist[rows, k]) if count else np.zeros(len(i), bool)
         best[found], level[found] = dist[rows, k][found], prices[rows, k][found]
-        kind[found] = np.where(bullish[found], "swing_low", "swing_high")
+        kind[found] = np.where(bullish[found], KINDS.index("swing_low"), KINDS.index("swing_high"))
     day_levels = np.full(len(i), "absent", dtype=object)
     if p.use_day_levels and levels is not None and len(i):
         values = np.full((len(DAY_KINDS), len(i)), np.nan)
@@ -153,7 +158,8 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spe
         target = np.where(bullish, c + p.target_r * (c - stop), c - p.target_r * (stop - c))
     unsure = maybe & ~sure
     m = np.flatnonzero(sure)
-    cols = [(tail / rng)[m], (body / rng)[m], (nose / rng)[m], range_atr[m], a[m], beyond[m], extreme[m], kind[m], level[m],
+    kinds = np.array(KINDS, dtype=object)[kind[m]]
+    cols = [(tail / rng)[m], (body / rng)[m], (nose / rng)[m], range_atr[m], a[m], beyond[m], extreme[m], kinds, level[m],
             (best / a)[m], day_levels[m], shape_q[m], location_q[m], volatility_q[m]]
     names = ("tail_ratio", "body_ratio", "nose_ratio", "range_atr", "atr", "beyond_prev_bar", "extreme_of_bars", "level_kind",
              "level_price", "level_dist_atr", "day_levels", "score_shape", "score_location", "score_volatility")
