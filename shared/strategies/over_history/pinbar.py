@@ -16,6 +16,7 @@ from shared.strategies.over_history.bounds import (ROUNDING, SCORE_REL, HistoryS
                                                    quotient_error)
 
 DAY_KINDS = ("prev_high", "prev_low", "pivot", "r1", "s1")
+SWING_ROWS = 2048  # pins per block of the swing search (a block holds a few arrays of SWING_ROWS x swing_horizon)
 KINDS = ("swing_low", "swing_high", *DAY_KINDS, "round")
 
 
@@ -30,6 +31,31 @@ def _round_levels(price: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarra
     r = np.round(q)
     on = np.abs(q - r) <= 1e-9 * np.maximum(1.0, np.abs(q))
     return np.where(on, r * step, np.floor(q) * step), np.where(on, r * step, np.ceil(q) * step)
+
+
+def _nearest_swing(l_all, h_all, lows_at, highs_at, i, bullish, tip, body_bottom, body_top, p) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, price) of the nearest swing evaluate would consider for pins at bars i (inf where none), the
+    oldest among equals (evaluate walks them oldest first and keeps a strictly nearer one)."""
+    n = p.swing_n
+    span = p.swing_horizon + n + 1
+    count = p.swing_horizon + 1 - p.swing_min_age  # candidate swings, oldest first: i-span+1+n .. i-min_age
+    if count <= 0:
+        return np.full(len(i), np.inf), np.zeros(len(i))
+    g = (i - span + 1 + n)[:, None] + np.arange(count)[None, :]
+    bull = bullish[:, None]
+    prices = np.where(bull, l_all[g], h_all[g])
+    valid = np.where(bull, lows_at[g], highs_at[g])
+    if p.swing_intact:
+        # after[:, k]: the lowest low (highest high) from candidate k's next bar to the bar before the pin.
+        seq = (i - span + 2 + n)[:, None] + np.arange(span - n - 2)[None, :]
+        after_lo = np.minimum.accumulate(l_all[seq][:, ::-1], axis=1)[:, ::-1][:, :count]
+        after_hi = np.maximum.accumulate(h_all[seq][:, ::-1], axis=1)[:, ::-1][:, :count]
+        valid &= np.where(bull, prices < after_lo, prices > after_hi)
+    valid &= np.where(bull, prices <= body_bottom[:, None], prices >= body_top[:, None])
+    dist = np.where(valid, np.abs(tip[:, None] - prices), np.inf)
+    k = np.argmin(dist, axis=1)
+    rows = np.arange(len(i))
+    return dist[rows, k], prices[rows, k]
 
 
 def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spec: Any = None, levels: Any = None) -> HistorySignals:
@@ -93,29 +119,16 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spe
         best[better], level[better], kind[better] = dist[better], price[better], KINDS.index(name)
 
     if p.use_swings and len(i):
-        n = p.swing_n
-        span = p.swing_horizon + n + 1
-        count = p.swing_horizon + 1 - p.swing_min_age  # candidate swings, oldest first: i-span+1+n .. i-min_age
         lows_at, highs_at = np.zeros(len(l_all), bool), np.zeros(len(h_all), bool)
-        lows_at[swing_points(l_all, n, kind="low")] = True
-        highs_at[swing_points(h_all, n, kind="high")] = True
-        g = (i - span + 1 + n)[:, None] + np.arange(count)[None, :]
-        prices = np.where(bullish[:, None], l_all[g], h_all[g])
-        valid = np.where(bullish[:, None], lows_at[g], highs_at[g])
-        if p.swing_intact:
-            # after[:, k]: the lowest low (highest high) of the bars from candidate k's next bar to the bar before the pin.
-            seq_idx = (i - span + 2 + n)[:, None] + np.arange(span - n - 2)[None, :]
-            seq_lo, seq_hi = l_all[seq_idx], h_all[seq_idx]
-            after_lo = np.minimum.accumulate(seq_lo[:, ::-1], axis=1)[:, ::-1][:, :count]
-            after_hi = np.maximum.accumulate(seq_hi[:, ::-1], axis=1)[:, ::-1][:, :count]
-            valid &= np.where(bullish[:, None], prices < after_lo, prices > after_hi)
-        side_ok = valid & np.where(bullish[:, None], prices <= body_bottom[:, None], prices >= body_top[:, None])
-        dist = np.where(side_ok, np.abs(tip[:, None] - prices), np.inf)
-        k = np.argmin(dist, axis=1) if count else np.zeros(len(i), np.int64)
-        rows = np.arange(len(i))
-        found = np.isfinite(dist[rows, k]) if count else np.zeros(len(i), bool)
-        best[found], level[found] = dist[rows, k][found], prices[rows, k][found]
-        kind[found] = np.where(bullish[found], KINDS.index("swing_low"), KINDS.index("swing_high"))
+        lows_at[swing_points(l_all, p.swing_n, kind="low")] = True
+        highs_at[swing_points(h_all, p.swing_n, kind="high")] = True
+        for a0 in range(0, len(i), SWING_ROWS):  # in blocks of rows: the block's arrays stay small
+            rows = slice(a0, a0 + SWING_ROWS)
+            dist, price = _nearest_swing(l_all, h_all, lows_at, highs_at, i[rows], bullish[rows], tip[rows],
+                                         body_bottom[rows], body_top[rows], p)
+            found = np.isfinite(dist)
+            best[rows][found], level[rows][found] = dist[found], price[found]
+            kind[rows][found] = np.where(bullish[rows][found], KINDS.index("swing_low"), KINDS.index("swing_high"))
     day_levels = np.full(len(i), "absent", dtype=object)
     if p.use_day_levels and levels is not None and len(i):
         values = np.full((len(DAY_KINDS), len(i)), np.nan)
