@@ -28,7 +28,7 @@ from shared.bars import Bars
 from shared.messages import Signal, StrategyConfig
 from shared.sanity import check_bars
 from shared.settings import get_settings
-from shared.stats import ClosedTrade, compute_stats
+from shared.stats import ClosedTrade, compute_stats, compute_stats_arrays
 from shared.strategies.catalog import CATALOG, MIN_LOOKBACK, Catalog
 from shared.strategies.indicators import atr as atr_fn
 from shared.symbols import SymbolSpec
@@ -338,7 +338,9 @@ class _Book:
         exposure = Exposure(open_positions=len(open_now), open_on_symbol=len(open_now), trades_today=self.sent_per_day[day],
                             margin_free=self.config.balance + self.settled_total - used_margin)
         bar_time = from_epoch(s.bar_time)
-        signal = Signal(
+        # Built without validation: the values passed Match's checks (or, from arrays, the same checks in
+        # signals._fragile), and validating a model per trade cost more than the risk checks themselves.
+        signal = Signal.model_construct(
             signal_id=_NO_ID,  # the dedupe key's uuid5 is not a risk input (and costs more than the check itself)
             message_id=_NO_ID, produced_at=bar_time,  # no clock, no random ids: a backtest is deterministic
             bot_id=1, account_id=1, symbol=cfg.symbol, timeframe=s.timeframe, strategy=s.strategy, side=s.side,
@@ -414,7 +416,9 @@ def run_backtest(
         first=int(bars.time[start]) if start < len(bars) else None, last=int(bars.time[-1]) if len(bars) else None, bars=len(bars),
     )
     result.refused, result.repaired = refused, len(checked.repaired)
-    result.stats = compute_stats(t.to_closed() for t in trades)
+    result.stats = compute_stats_arrays([t.strategy for t in trades], [t.pnl for t in trades], [t.pips for t in trades],
+                                        [np.nan if t.r_multiple is None else t.r_multiple for t in trades],
+                                        [t.exit_time for t in trades], [t.entry_time for t in trades])
     for name in (c.name for c in config.strategies):
         result.stats["by_strategy"].setdefault(name, compute_stats([])["total"])
     return result

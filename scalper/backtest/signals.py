@@ -133,8 +133,12 @@ def _near_rounding(price: np.ndarray, digits: int) -> np.ndarray:
 
 
 def _fragile(hs: HistorySignals, spec: SymbolSpec, score_marks: Sequence[float], stop_atr_marks: Sequence[float]) -> np.ndarray:
-    """Matches from arrays the risk rules would judge near one of their thresholds: evaluate decides them."""
+    """Matches from arrays the risk rules would judge near one of their thresholds, or that Match would refuse (stop,
+    entry and target out of trade order, a score outside [0, 1]): evaluate decides them."""
     out = _near_rounding(hs.stop, spec.digits) | _near_rounding(hs.target, spec.digits)
+    buy = hs.side == "buy"
+    ordered = np.where(buy, (hs.stop < hs.entry) & (hs.entry < hs.target), (hs.target < hs.entry) & (hs.entry < hs.stop))
+    out |= ~ordered | ~((hs.score >= 0.0) & (hs.score <= 1.0))
     for mark in score_marks:
         out |= np.abs(hs.score - mark) <= NEAR * max(abs(mark), 1e-3)
     if stop_atr_marks and len(hs.index):

@@ -34,3 +34,18 @@ def test_shipped_files_trade_as_recorded(which, name, data_dir, recorded, tmp_pa
 def test_year_benchmark_trades_as_recorded(gold_file, recorded, tmp_path):
     got = reference.summary(reference.run_cli(reference.year_csv(gold_file, tmp_path), tmp_path / "out.json"))
     _same(got, recorded["year"])
+
+
+def test_statistics_are_compute_stats_of_the_trades(gold_file):
+    """The backtest's numpy statistics are the API's compute_stats over the same trades, to the last digit."""
+    from scalper.backtest.engine import BacktestConfig, run_backtest
+    from shared.loaders import load_m1
+    from shared.messages import StrategyConfig
+    from shared.stats import compute_stats
+    from shared.strategies import catalog
+    from shared.symbols import get_spec
+
+    config = BacktestConfig(symbol="XAUUSD", strategies=tuple(StrategyConfig(name=n) for n in catalog.names("scalper")))
+    result = run_backtest(load_m1(gold_file).bars, get_spec("XAUUSD"), config)
+    assert len(result.trades) > 500
+    assert result.stats == compute_stats(t.to_closed() for t in result.trades)
