@@ -132,10 +132,14 @@ def hammer(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarr
     return ok
 
 
-def rolling(x: np.ndarray, width: int, fn, i: np.ndarray) -> np.ndarray:
-    """fn(x[j-width+1 .. j]) at each j in i (exact: min and max only)."""
-    stack = np.stack([x[i - k] for k in range(width)])
-    return fn(stack, axis=0)
+def rolling_max(x: np.ndarray, width: int) -> np.ndarray:
+    """The largest of x[j-width+1 .. j] at every j (exact: TA-Lib's running MAX; NaN before width - 1)."""
+    return talib.MAX(x, timeperiod=width) if width >= 2 else x.astype(np.float64, copy=True)
+
+
+def rolling_min(x: np.ndarray, width: int) -> np.ndarray:
+    """The smallest of x[j-width+1 .. j] at every j (exact: TA-Lib's running MIN)."""
+    return talib.MIN(x, timeperiod=width) if width >= 2 else x.astype(np.float64, copy=True)
 
 
 def empty(unsure: np.ndarray, proved_none: int = 0) -> HistorySignals:

@@ -10,7 +10,7 @@ import numpy as np
 
 from shared.bars import Bars
 from shared.strategies.over_history.bounds import (ROUNDING, SCORE_REL, HistorySignals, atr_seed_bound, decided, empty,
-                                                   mean_before, quotient_error, ramp, rolling)
+                                                   mean_before, quotient_error, ramp, rolling_max, rolling_min)
 
 
 def covers(p: Any) -> bool:
@@ -34,6 +34,7 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_
     atr_all, seed_e = atr_seed_bound(h_all, l_all, c_all, p.atr_period, lookback, back=p.setup_bars)
     rounding = ROUNDING * np.abs(atr_all)
     ranges = h_all - l_all
+    box_high, box_low = rolling_max(h_all, p.box_bars), rolling_min(l_all, p.box_bars)
     body_all = np.abs(c_all - o_all)
     # The judged bar: a breakout-shaped bar (exact), with a doji among the setup bars before it (exact sums).
     sl = slice(first, end)
@@ -62,8 +63,7 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_
     with np.errstate(invalid="ignore", divide="ignore"):
         for age, doji in zip(range(1, p.setup_bars + 1), dojis, strict=True):
             d = i - age
-            box_h = rolling(h_all, p.box_bars, np.max, d)
-            box_l = rolling(l_all, p.box_bars, np.min, d)
+            box_h, box_l = box_high[d], box_low[d]
             a_d, ea_d = atr_all[d], seed_i + rounding[d]
             height = box_h - box_l
             d_true, d_false = decided(a_d, ea_d, strict=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from shared.bars import Bars
 from shared.strategies.over_history.bounds import (ROUNDING, SCORE_REL, HistorySignals, atr_seed_bound, decided, ema_bound, empty,
-                                                   engulfing, hammer, quotient_error, ramp, rolling)
+                                                   engulfing, hammer, quotient_error, ramp, rolling_max, rolling_min)
 
 
 def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_: Any) -> HistorySignals:
@@ -80,7 +80,7 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_
         true, false = decided(p.pullback_atr - best, e_best, strict=False)
         sure &= true
         maybe &= ~false
-        extreme = np.where(bull, rolling(l_all, k, np.min, i), rolling(h_all, k, np.max, i))
+        extreme = np.where(bull, rolling_min(l_all, k)[i], rolling_max(h_all, k)[i])
         risk = sign * (c - extreme) + p.stop_buffer_atr * a
         risk = np.minimum(np.maximum(risk, p.min_stop_atr * a), p.max_stop_atr * a)
         stop = c - sign * risk
