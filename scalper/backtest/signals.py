@@ -162,8 +162,8 @@ def scan_history(
     end: int | None = None,
     prefilter: bool = True,
     arrays: bool = True,
-    score_marks: Sequence[float] = (),
-    stop_atr_marks: Sequence[float] = (),
+    score_marks: Sequence[float] | None = None,
+    stop_atr_marks: Sequence[float] | None = None,
     progress: Progress | None = None,
     stats: ScanStats | None = None,
 ) -> list[SignalEvent]:
@@ -172,8 +172,17 @@ def scan_history(
     Bar i is judged on bars[i+1-L : i+1] with L = the scan's lookback (the largest the configs declare, at least
     `min_lookback`); bars with fewer than L bars before them are not judged (market data is still warming up).
     `prefilter` and `arrays` off: `evaluate` judges every window. `score_marks` and `stop_atr_marks` are the risk
-    rules' thresholds (min score, max stop ATR) near which a match from arrays is judged by `evaluate` instead.
+    rules' thresholds (min score, max stop ATR) near which a match from arrays is judged by `evaluate` instead; None:
+    a default bot's minimum score and SCALPER_MAX_STOP_ATR (pass the bot's own when they differ).
     """
+    if score_marks is None:
+        from services.decision.risk import BotRules
+
+        score_marks = (BotRules().decision_min_score,)
+    if stop_atr_marks is None:
+        from shared.settings import get_settings
+
+        stop_atr_marks = (get_settings().max_stop_atr,)
     resolved = resolve(configs, catalog)
     lookback = catalog.lookback_for(configs, minimum=max(MIN_LOOKBACK, min_lookback))
     stats = stats if stats is not None else ScanStats()
