@@ -105,6 +105,10 @@ class LevelsByDay:
         del idx
         self._cache: dict[int, Levels | None] = {}
 
+    def day_of(self, idx: np.ndarray) -> np.ndarray:
+        """The trading day (its start, epoch seconds) of bars idx: bars of one day share their levels."""
+        return self._keys[idx]
+
     def at(self, i: int) -> Levels | None:
         key = int(self._keys[i])
         try:

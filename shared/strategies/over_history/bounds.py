@@ -114,11 +114,16 @@ def engulfing(open_: np.ndarray, close: np.ndarray, i: np.ndarray) -> tuple[np.n
 
 
 def mean_before(x: np.ndarray, i: np.ndarray, period: int) -> np.ndarray:
-    """indicators._avg_range/_avg_body at bars i: x over the `period` bars before, summed in the same order from 0.0
+    """indicators._avg_range/_avg_body at bars i (ascending): x over the `period` bars before, summed in the same order from 0.0
     and divided the same way (the same IEEE operations, so the same bits)."""
     total = np.zeros(len(i))
-    for k in range(period, 0, -1):
-        total = total + x[i - k]
+    if len(i) and int(i[-1]) - int(i[0]) == len(i) - 1:  # a run of bars: slices, not gathers
+        a = int(i[0])
+        for k in range(period, 0, -1):
+            total = total + x[a - k : a - k + len(i)]
+    else:
+        for k in range(period, 0, -1):
+            total = total + x[i - k]
     return total / period
 
 

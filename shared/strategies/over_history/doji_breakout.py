@@ -41,10 +41,11 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_
     rng = ranges[sl]
     shaped = (rng > 0.0) & ~(body_all[sl] < p.min_body_ratio * rng)
     i = np.flatnonzero(shaped) + first
-    dojis = []
-    for age in range(1, p.setup_bars + 1):
-        d = i - age
-        dojis.append(body_all[d] <= BODY_DOJI_FACTOR * mean_before(ranges, d, BODY_DOJI_PERIOD))
+    # The doji rule at every bar that can be one (once over the history, then read at each age).
+    doji_at = np.zeros(len(c_all), bool)
+    can = np.arange(max(BODY_DOJI_PERIOD, first - p.setup_bars), end)
+    doji_at[can] = body_all[can] <= BODY_DOJI_FACTOR * mean_before(ranges, can, BODY_DOJI_PERIOD)
+    dojis = [doji_at[i - age] for age in range(1, p.setup_bars + 1)]
     any_doji = np.logical_or.reduce(dojis)
     keep = np.flatnonzero(any_doji)
     i = i[keep]
@@ -62,32 +63,35 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_
     up = c > o
     with np.errstate(invalid="ignore", divide="ignore"):
         for age, doji in zip(range(1, p.setup_bars + 1), dojis, strict=True):
-            d = i - age
+            # Only the pending bars with a doji at this age: every other pending bar is surely refused at it.
+            rows = np.flatnonzero(pending & doji)
+            if not len(rows):
+                continue
+            ii, si = i[rows], seed_i[rows]
+            d = ii - age
             box_h, box_l = box_high[d], box_low[d]
-            a_d, ea_d = atr_all[d], seed_i + rounding[d]
+            a_d, ea_d = atr_all[d], si + rounding[d]
             height = box_h - box_l
             d_true, d_false = decided(a_d, ea_d, strict=True)
             tight = decided(p.box_max_atr * a_d - height, p.box_max_atr * ea_d + ROUNDING * p.box_max_atr * a_d, strict=False)
-            yes, no = doji & d_true & tight[0], ~doji | d_false | tight[1]
+            yes, no = d_true & tight[0], d_false | tight[1]
             # Pending: no bar between the doji and the judged one triggered it.
             for back in range(1, age):
-                j = i - back
-                trig_yes, trig_no = _trigger(o_all[j], h_all[j], l_all[j], c_all[j], box_h, box_l, atr_all[j],
-                                             seed_i + rounding[j], p)
+                j = ii - back
+                trig_yes, trig_no = _trigger(o_all[j], h_all[j], l_all[j], c_all[j], box_h, box_l, atr_all[j], si + rounding[j], p)
                 yes &= trig_no
                 no |= trig_yes
-            trig_yes, trig_no = _trigger(o, h, lo, c, box_h, box_l, a_t, ea, p)
+            trig_yes, trig_no = _trigger(o[rows], h[rows], lo[rows], c[rows], box_h, box_l, a_t[rows], ea[rows], p)
             yes &= trig_yes
             no |= trig_no
-            stop = np.where(up, box_l, box_h) if p.stop_at == "edge" else 0.5 * (box_h + box_l)
-            positive = np.where(up, c - stop, stop - c) > 0.0
+            rising = up[rows]
+            stop = np.where(rising, box_l, box_h) if p.stop_at == "edge" else 0.5 * (box_h + box_l)
+            positive = np.where(rising, c[rows] - stop, stop - c[rows]) > 0.0
             yes &= positive
             no |= ~positive
-            take = pending & yes
-            chosen[take] = age
-            uncertain = pending & ~yes & ~no
-            unsure_mask |= uncertain
-            pending &= no
+            chosen[rows[yes]] = age
+            unsure_mask[rows[~yes & ~no]] = True
+            pending[rows[~no]] = False
     decided_match = chosen > 0
     m = np.flatnonzero(decided_match)
     age = chosen[m]

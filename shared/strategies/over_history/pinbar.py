@@ -131,18 +131,18 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spe
             kind[rows][found] = np.where(bullish[rows][found], KINDS.index("swing_low"), KINDS.index("swing_high"))
     day_levels = np.full(len(i), "absent", dtype=object)
     if p.use_day_levels and levels is not None and len(i):
-        values = np.full((len(DAY_KINDS), len(i)), np.nan)
-        used = np.zeros(len(i), bool)
-        times = bars.time[i].tolist()
-        for row, bar in enumerate(i.tolist()):
-            lv = levels.at(bar)
-            if lv is None:
-                continue
-            if 0 <= times[row] - lv.day_start.timestamp() < DAY_LEVELS_VALID_S:
-                used[row] = True
-                values[:, row] = (lv.prev_high, lv.prev_low, lv.pivot, lv.r1, lv.s1)
-            else:
-                day_levels[row] = "stale"
+        # The window's levels are one Levels a trading day: look each day up once.
+        days, first_of, inverse = np.unique(levels.day_of(i), return_index=True, return_inverse=True)
+        per_day = [levels.at(int(bar)) for bar in i[first_of]]
+        present = np.array([lv is not None for lv in per_day], bool)
+        start = np.array([lv.day_start.timestamp() if lv is not None else np.nan for lv in per_day])
+        table = np.array([(lv.prev_high, lv.prev_low, lv.pivot, lv.r1, lv.s1) if lv is not None else (np.nan,) * 5
+                          for lv in per_day], float).reshape(len(per_day), len(DAY_KINDS))
+        age = bars.time[i] - start[inverse]
+        with np.errstate(invalid="ignore"):
+            used = present[inverse] & (age >= 0) & (age < DAY_LEVELS_VALID_S)
+        day_levels[present[inverse] & ~used] = "stale"
+        values = table[inverse].T
         day_levels[used] = "used"
         for name, price in zip(DAY_KINDS, values, strict=True):
             consider(name, np.where(used, price, 0.0), used)
