@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
 from shared.settings import Settings
 
@@ -138,6 +137,7 @@ def bot_setup(
     """Create or update a scalper bot (upsert on user, account, symbol, engine) and print it as JSON; an existing bot
     changes only in the options given."""
     from pydantic import ValidationError
+    from sqlalchemy import select  # here, not at the top: `scalper backtest` imports no database module
 
     from services.decision.bots import BotSetupError, setup_bot
     from services.decision.schemas import BotUpdate

@@ -91,3 +91,17 @@ def test_a_file_without_spreads_backtests_like_the_same_bars_in_memory(gold_file
     expected = to_json(run_backtest(same, get_spec("XAUUSD"), config))
     assert doc["total"]["trades"] > 0
     assert (doc["total"], doc["trades"]) == (expected["total"], expected["trades"])
+
+
+def test_json_document_text_is_the_documents_content(gold_file, tmp_path):
+    """The --json text (scalper/backtest/jsonout.py: one trade a line) reads back to what json.dumps(indent=2) held."""
+    from scalper.backtest.jsonout import dumps_document
+
+    out = tmp_path / "bt.json"
+    result = invoke(gold_file, "--from", "2026-04-20", "--to", "2026-04-22", "--json", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    doc = json.loads(text)
+    assert doc["trades"] and text.count("\n") > len(doc["trades"])  # one trade a line, the rest indented
+    assert json.loads(dumps_document(doc)) == doc == json.loads(json.dumps(doc, indent=2))
+    assert dumps_document({}) == "{}" and json.loads(dumps_document({"a": [], "b": {"c": [1, 2]}})) == {"a": [], "b": {"c": [1, 2]}}
