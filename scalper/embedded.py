@@ -19,6 +19,7 @@ from services.decision.admin import mount_admin
 from services.decision.app import mount as mount_decision_api
 from services.decision.accounts import create_account, seal_clear_passwords
 from services.decision.bots import DEMO_USER, ensure_demo, setup_bot
+from services.decision.dashboard import mount_dashboard
 from services.decision.deps import current_user
 from services.decision.service import DecisionService
 from services.executor.build import build_executor
@@ -180,6 +181,14 @@ class EmbeddedStack:
                 ready = ready and ok
         return ready, details
 
+    async def bars(self, symbol: str, count: int) -> list[dict]:
+        """The dashboard's candles and mark prices: market data's closed M1 bars of `symbol`, oldest first."""
+        from services.market_data.schemas import BarsPublic
+
+        assert self.market_data is not None
+        name = self.market_data.resolve_symbol(symbol)
+        return [bar.model_dump() for bar in BarsPublic.from_bars(name, await self.market_data.recent_bars(symbol=name, count=count)).data]
+
     async def served_symbols(self) -> list[str] | None:
         """The symbols a bot may trade: the feed's (None with the mt5 feed, whose broker sessions serve what bots ask)."""
         return None if isinstance(self.feed, MT5Feed) else list(self.feed.symbols())
@@ -253,6 +262,7 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
         app.include_router(strategy_router(), prefix="/api/v1", dependencies=user_only)
         mount_decision_api(app, stack.decision, served_symbols=stack.served_symbols)
         mount_admin(app, engine=stack.engine, sessions=stack.sessions, settings=stack.settings)
+        mount_dashboard(app, stack.decision, bars=stack.bars)
         app.openapi_schema = None
         if startup.demo_api_key:
             # Printed to the terminal once, never through the logger.
@@ -262,10 +272,5 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
         await stack.stop()
 
     app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan)
-    add_ops_routes(app, stack.readiness)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict:
-        return {"service": "scalper (embedded)", "docs": "/docs", "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
-
+    add_ops_routes(app, stack.readiness)  # `/` is the dashboard, mounted with the API once the stack has started
     return app

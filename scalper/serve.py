@@ -253,8 +253,19 @@ class DecisionProcess(ServiceProcess):
             await self.http.aclose()
 
     def mount(self, app: FastAPI) -> None:
-        mount_decision_api(app, self)
+        if mount_decision_api(app, self):
+            from services.decision.dashboard import mount_dashboard
+
+            mount_dashboard(app, self.service, bars=self.bars)
         app.include_router(forwarding_router(self), prefix="/api/v1")
+
+    async def bars(self, symbol: str, count: int) -> list[dict]:
+        """The dashboard's candles and mark prices, from market data's /bars (with the service token)."""
+        assert self.http is not None
+        url = f"{self.settings.market_data_url.rstrip('/')}/api/v1/bars/{symbol}"
+        answer = await self.http.get(url, params={"count": count}, headers=service_token_headers(self.settings))
+        answer.raise_for_status()
+        return answer.json()["data"]
 
     async def served_symbols(self):
         """The symbols market data's feed serves (None with the mt5 feed: its broker sessions serve what bots ask for)."""
@@ -432,9 +443,10 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
     app = FastAPI(title=f"Scalper {process.name} service", version="0.1.0", lifespan=lifespan)
     add_ops_routes(app, process.readiness)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict:
-        return {"service": process.name, "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
+    if process.name != "decision":  # decision's `/` is the dashboard, mounted with its API
+        @app.get("/", include_in_schema=False)
+        async def index() -> dict:
+            return {"service": process.name, "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
 
     return app
 
