@@ -36,6 +36,7 @@ from shared.db.engine import create_engine, session_factory, transaction, upgrad
 from shared.db.patience import DatabasePatience
 from shared.secrets import key_for
 from shared.db.models import Bot, BrokerAccount, SignalRow, User
+from shared.apidocs import add_offline_docs, describe_routes
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes
 from shared.logging import get_logger
@@ -263,7 +264,7 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
         mount_decision_api(app, stack.decision, served_symbols=stack.served_symbols)
         mount_admin(app, engine=stack.engine, sessions=stack.sessions, settings=stack.settings)
         mount_dashboard(app, stack.decision, bars=stack.bars)
-        app.openapi_schema = None
+        describe_routes(app)
         if startup.demo_api_key:
             # Printed to the terminal once, never through the logger.
             announce(f"\nDemo user created. Its API key (shown once): {startup.demo_api_key}\n")
@@ -271,6 +272,7 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
             yield
         await stack.stop()
 
-    app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan)
-    add_ops_routes(app, stack.readiness)  # `/` is the dashboard, mounted with the API once the stack has started
+    app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_ops_routes(app, stack.readiness)
+    add_offline_docs(app)  # `/` is the dashboard, mounted with the API once the stack has started
     return app

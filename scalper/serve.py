@@ -31,6 +31,7 @@ from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.db.patience import DatabasePatience
 from shared.secrets import key_for
+from shared.apidocs import add_offline_docs, describe_routes
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes, require_service_token, service_token_headers
 from shared.logging import get_logger
@@ -425,7 +426,7 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
         configure_telemetry(process.settings, service_name=f"scalper-{process.name}")
         await process.start()
         process.mount(app)
-        app.openapi_schema = None
+        describe_routes(app)
         sampler = metrics_sampler(process)
         if sampler is not None:
             sampler.start()
@@ -440,8 +441,9 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
 
     if process.settings.service_token is None:
         log.warning("SCALPER_SERVICE_TOKEN unset: the internal routes refuse every call (and decision cannot forward /symbols, /bars, /strategies); set it alike in every service")
-    app = FastAPI(title=f"Scalper {process.name} service", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title=f"Scalper {process.name} service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_ops_routes(app, process.readiness)
+    add_offline_docs(app)
 
     if process.name != "decision":  # decision's `/` is the dashboard, mounted with its API
         @app.get("/", include_in_schema=False)

@@ -107,7 +107,7 @@ async def test_overview_shows_the_account_the_open_position_with_live_pnl_and_th
     await log_in(dash.client, alice)
     page = (await dash.client.get("/")).text
     assert "10,000.00" in page and "10,012.50" in page  # balance, equity from the snapshot
-    assert 'data-position="' in page and f"/api/v1/positions/" in page
+    assert 'data-position="' in page and "/api/v1/positions/" in page
     # marked to the bar source's last close 2000.5 from the 2000.0 fill: 0.5 x volume x contract size (100 oz)
     expected = 0.5 * intent.volume * 100
     assert f"{expected:,.2f}" in page
