@@ -16,6 +16,8 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import func, select, text
 
 from services.decision.admin import mount_admin
+from services.decision.alerts import Notifier
+from services.decision.alerts_api import attach as attach_alerts
 from services.decision.app import mount as mount_decision_api
 from services.decision.accounts import create_account, seal_clear_passwords
 from services.decision.bots import DEMO_USER, ensure_demo, setup_bot
@@ -102,6 +104,7 @@ class EmbeddedStack:
         self.decision: DecisionService | None = None
         self.executor: ExecutorService | None = None
         self.sampler: MetricsSampler | None = None
+        self.notifier: Notifier | None = None
 
     @property
     def clock(self) -> Clock:
@@ -123,6 +126,7 @@ class EmbeddedStack:
         self.executor = build_executor(settings=self.settings, bus=self.bus, sessions=self.sessions, clock=self.clock)
         self.decision = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings,
                                         patience=DatabasePatience())
+        self.notifier = attach_alerts(self.decision, self.sessions)
         self.strategy = StrategyWorker(bus=self.bus, settings=self.settings)
         self.market_data = MarketDataService(bus=self.bus, feed=self.feed, clock=self.clock, settings=self.settings)
         # Downstream first, so nothing is published to a queue before its consumer exists.
@@ -159,6 +163,8 @@ class EmbeddedStack:
         for service in (self.market_data, self.strategy, self.decision, self.executor):
             if service is not None:
                 await service.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if isinstance(self.feed, MT5Feed):
             await self.feed.close()
         await self.bus.close()

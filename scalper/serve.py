@@ -233,6 +233,7 @@ class DecisionProcess(ServiceProcess):
         self.clock = clock or make_clock(settings)
         self.announce = announce
         self.http: httpx.AsyncClient | None = None
+        self.notifier = None  # the alert sender, made at start (services/decision/alerts_api.py attach)
 
     async def start(self) -> None:
         from services.decision.accounts import seal_clear_passwords
@@ -247,9 +248,14 @@ class DecisionProcess(ServiceProcess):
                                        patience=DatabasePatience(), on_terminal_time=terminal_observer(self.clock))
         await self.service.start()  # starts the bus too
         await self.service.refresh_plan()
+        from services.decision.alerts_api import attach as attach_alerts
+
+        self.notifier = attach_alerts(self.service, self.sessions)
 
     async def stop(self) -> None:
         await super().stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.http is not None:
             await self.http.aclose()
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.decision import events, killswitch, outgoing, plan
+from services.decision import alerts, events, killswitch, outgoing, plan
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
 from services.decision.scanline import ScanLine, scan_lines
@@ -97,6 +97,7 @@ class DecisionService:
         self._plan_symbols: dict[int, str] | None = None  # bot id -> symbol, of the last plan
         self.snapshots: dict[int, AccountSnapshot] = {}
         self.last_plan: ScanPlan | None = None
+        self.alerts: alerts.AlertSink = alerts.NO_ALERTS  # people's notifications, sent off this path (alerts.py)
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -136,6 +137,10 @@ class DecisionService:
         details["plan_symbols"] = None if self.last_plan is None else len(self.last_plan.symbols)
         details["outbox_unpublished"] = self.outbox.unpublished  # waiting for the broker's confirm; retried
         return details["database"], details
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     def latest_snapshot(self, account_id: int) -> AccountSnapshot | None:
         return self.snapshots.get(account_id)
@@ -313,6 +318,8 @@ class DecisionService:
             decision = await events.apply_execution_report(session=session, report=report, now=self._clock.now())
         if decision is None:
             log.warning("execution report for no decision of ours", client_order_id=report.client_order_id, account_id=report.account_id)
+        elif report.status == "filled":
+            self.alerts.emit(alerts.order_filled(decision, report))
 
     async def handle_position_event(self, event: PositionEvent, delivery: Delivery | None = None) -> None:
         async with transaction(self._sessions) as session:
@@ -321,6 +328,7 @@ class DecisionService:
             log.info("position event for no decision of ours", ticket=event.ticket, account_id=event.account_id, kind=event.kind)
             return
         if event.kind == "closed":
+            self.alerts.emit(alerts.position_closed(decision, event))
             await self.check_kill_switch(event.account_id, bot_ids=[decision.bot_id])
 
     async def handle_account_snapshot(self, snapshot: AccountSnapshot, delivery: Delivery | None = None) -> None:
@@ -361,6 +369,7 @@ class DecisionService:
         for bot, _ in tripped:
             kill_switch_trips_total.inc()
             log.warning("kill switch tripped", bot_id=bot.id, account_id=account_id, reason=bot.status_reason)
+            self.alerts.emit(alerts.kill_switch(bot))
         await self.send_committed(rows)
         await self.refresh_plan_quietly()
         return [bot.id for bot, _ in tripped]
