@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.decision import alerts, events, killswitch, outgoing, plan
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
-from services.decision.scanline import ScanLine, scan_lines
+from services.decision.scanline import ScanLine, ScanLog, scan_lines
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
@@ -98,6 +98,7 @@ class DecisionService:
         self.snapshots: dict[int, AccountSnapshot] = {}
         self.last_plan: ScanPlan | None = None
         self.alerts: alerts.AlertSink = alerts.NO_ALERTS  # people's notifications, sent off this path (alerts.py)
+        self._scan_log = ScanLog(log)  # info when a scan found a signal, debug otherwise, a summary a minute
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -308,7 +309,7 @@ class DecisionService:
             key = (str(report.window_id), line.bot)
             if key in self._logged:
                 continue
-            log.info(line.text(), **line.fields())
+            self._scan_log.line(line)
             self._logged[key] = None
             while len(self._logged) > LOGGED_LINES_KEPT:
                 self._logged.popitem(last=False)
