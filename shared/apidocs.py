@@ -1,4 +1,5 @@
-"""The API's documentation, offline: Swagger UI at /docs from the swagger-ui-bundle package's files (no CDN), and a
+"""The API's documentation, offline: Swagger UI at /docs and ReDoc at /redoc from the files the fastapi-offline
+package ships (Swagger UI 5, which reads FastAPI's OpenAPI 3.1; no CDN), and a
 summary and a description on every operation (`describe_routes`, applied by each composition root once its routes
 are mounted; a route's own summary or docstring wins). The texts are filled into the generated schema rather than set
 on the routes: FastAPI copies included routes into routers of its own."""
@@ -8,11 +9,11 @@ from __future__ import annotations
 import re
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-SWAGGER_STATIC = "/static/swagger"
+DOCS_STATIC = "/static/docs"
 
 # route name -> (summary, description)
 ROUTE_DOCS: dict[str, tuple[str, str]] = {
@@ -91,20 +92,29 @@ def describe_routes(app: FastAPI) -> None:
 
 
 def add_offline_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs with its JavaScript and CSS served from the installed swagger-ui-bundle package. The app
-    must be made with `docs_url=None` (FastAPI's default page loads them from a CDN)."""
-    from swagger_ui_bundle import swagger_ui_path
+    """Swagger UI at /docs and ReDoc at /redoc with their JavaScript and CSS served from the installed fastapi-offline
+    package. The app must be made with `docs_url=None, redoc_url=None` (FastAPI's own pages load them from a CDN)."""
+    from pathlib import Path
 
-    app.mount(SWAGGER_STATIC, StaticFiles(directory=swagger_ui_path), name="swagger-static")
+    import fastapi_offline
+
+    static = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount(DOCS_STATIC, StaticFiles(directory=static), name="docs-static")
+    openapi_url = app.openapi_url or "/openapi.json"
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
-            swagger_js_url=f"{SWAGGER_STATIC}/swagger-ui-bundle.js", swagger_css_url=f"{SWAGGER_STATIC}/swagger-ui.css",
-            swagger_favicon_url=f"{SWAGGER_STATIC}/favicon-32x32.png", oauth2_redirect_url="/docs/oauth2-redirect",
+            openapi_url=openapi_url, title=f"{app.title} API", swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css", swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+            oauth2_redirect_url="/docs/oauth2-redirect",
         )
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def oauth2_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} API", redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_STATIC}/favicon.png", with_google_fonts=False)

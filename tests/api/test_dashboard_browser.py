@@ -94,3 +94,19 @@ async def test_the_chart_draws_candles_stops_and_targets_and_the_decisions_page_
             await browser.send("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=1, mobile=True)
             overflow = await browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
             assert overflow
+
+
+async def test_swagger_ui_and_redoc_render_the_schema_without_internet(tmp_path, chromium_available):
+    app, _, _ = dashboard_app(tmp_path)
+    with ThreadServer(app) as server:
+        async with Chromium(tmp_path / "profile") as browser:
+            await browser.open(f"{server.base}/docs")
+            await browser.wait_for("document.querySelectorAll('.swagger-ui .opblock').length > 20")
+            summaries = await browser.evaluate("Array.from(document.querySelectorAll('.opblock-summary-description')).map(e => e.innerText)")
+            assert "Close one open position" in summaries and "Kill a bot" in summaries
+            await browser.open(f"{server.base}/redoc")
+            await browser.wait_for("document.body.innerText.includes('Close one open position')")
+            external = await browser.evaluate(
+                "performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith(location.origin) && !n.startsWith('data:') && !n.startsWith('blob:'))"
+            )
+            assert external == []

@@ -1,4 +1,5 @@
-"""/docs works without internet (Swagger UI from the swagger-ui-bundle package), and every operation of the public
+"""/docs and /redoc work without internet (Swagger UI and ReDoc from the fastapi-offline package; the browser test
+shows Swagger UI rendering the schema), and every operation of the public
 app, embedded and distributed, has a summary of its own and a description."""
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ async def test_the_embedded_app_documents_every_operation_and_serves_swagger_ui_
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
             docs = await client.get("/docs")
             assert docs.status_code == 200
-            assert "/static/swagger/swagger-ui-bundle.js" in docs.text and "/static/swagger/swagger-ui.css" in docs.text
+            assert "/static/docs/swagger-ui-bundle.js" in docs.text and "/static/docs/swagger-ui.css" in docs.text
             assert "cdn" not in docs.text.lower() and "https://" not in docs.text
-            js = await client.get("/static/swagger/swagger-ui-bundle.js")
+            js = await client.get("/static/docs/swagger-ui-bundle.js")
             assert js.status_code == 200 and len(js.content) > 100_000
-            assert (await client.get("/static/swagger/swagger-ui.css")).status_code == 200
+            assert (await client.get("/static/docs/swagger-ui.css")).status_code == 200
+            redoc = await client.get("/redoc")
+            assert redoc.status_code == 200 and "/static/docs/redoc.standalone.js" in redoc.text and "https://" not in redoc.text
+            assert (await client.get("/static/docs/redoc.standalone.js")).status_code == 200
 
 
 async def test_the_distributed_decision_routes_are_documented_too(api):

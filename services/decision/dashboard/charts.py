@@ -4,14 +4,13 @@ drawn; a bot's equity curve of closed trades."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import plotly.graph_objects as go
 
 LAYOUT = dict(
     margin=dict(l=56, r=16, t=36, b=36), height=520, template="plotly_white", hovermode="x unified",
-    legend=dict(orientation="h", y=1.08, x=0), xaxis=dict(rangeslider=dict(visible=False), type="date"),
+    legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0), xaxis=dict(rangeslider=dict(visible=False), type="date"),
 )
 
 
@@ -44,29 +43,31 @@ def candles(*, symbol: str, bars: list[dict[str, Any]], signals: list, trades: l
             marker=dict(symbol="x", size=10, color="#8250df"),
             text=[f"#{t.id} {t.close_reason or ''} pnl {t.pnl}" for t in closes], hoverinfo="text+y",
         ))
-    end = bars[-1]["time"] if bars else None
+    # An open position's stop and target run the chart's whole width: the levels the price is measured against now.
+    start, end = (bars[0]["time"], bars[-1]["time"]) if bars else (None, None)
     for p in positions:
-        start = p.filled_at or p.created_at
         for level, name, colour in ((p.sl, "SL", "#cf222e"), (p.tp, "TP", "#1a7f37")):
             if level is None or end is None:
                 continue
             fig.add_trace(go.Scatter(
                 x=[start, end], y=[level, level], mode="lines", name=f"{name} #{p.id}",
-                line=dict(color=colour, dash="dash", width=1.5), hoverinfo="name+y",
+                line=dict(color=colour, dash="dash", width=1.5), hovertemplate=f"{name} #{p.id} ({p.side} {p.volume}): %{{y}}<extra></extra>",
             ))
-    fig.update_layout(**LAYOUT, title=dict(text=f"{symbol} M1", x=0.01))
+    fig.update_layout(**LAYOUT)  # the page's heading names the symbol
     fig.update_yaxes(tickformat=".5~f", automargin=True)
     return fig
 
 
-def equity_curve(points: list[tuple[datetime, float]]) -> go.Figure:
-    """Cumulative closed P&L after each trade, from 0."""
-    xs, ys, total = [], [], 0.0
-    for at, pnl in points:
-        total += pnl
-        xs.append(at)
+def equity_curve(trades: list) -> go.Figure:
+    """Cumulative closed P&L from 0 at the first trade's opening, one point per closed trade (shared.stats.ClosedTrade)."""
+    trades = sorted(trades, key=lambda t: (t.closed_at, t.opened_at))
+    xs = [min(t.opened_at for t in trades)] if trades else []
+    ys, total = [0.0] if trades else [], 0.0
+    for trade in trades:
+        total += trade.pnl
+        xs.append(trade.closed_at)
         ys.append(round(total, 2))
-    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", name="closed P&L", line=dict(color="#0969da")))
-    fig.update_layout(**{**LAYOUT, "height": 300, "hovermode": "x"}, title=dict(text="Equity (closed trades)", x=0.01))
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", name="closed P&L", line=dict(color="#0969da", shape="hv")))
+    fig.update_layout(**{**LAYOUT, "height": 300, "hovermode": "x", "showlegend": False}, title=dict(text="Equity (closed trades)", x=0.01))
     fig.update_yaxes(automargin=True, tickformat=",.2f")
     return fig

@@ -64,6 +64,10 @@ def _when(value) -> str:
 def _cell(value) -> str:
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -188,7 +192,7 @@ def create_router(service, *, bars: BarSource | None, refresh_s: float) -> APIRo
                 raise HTTPException(404, f"bot {bot_id} not found")
             trades = await queries.closed_trades(session=session, owner_id=login.user.id, bot_id=bot_id)
         stats = compute_stats(trades)
-        figure = charts.equity_curve(sorted(((t.closed_at, t.pnl) for t in trades), key=lambda p: p[0]))
+        figure = charts.equity_curve(trades)
         settings = [(name, kind, getattr(bot, name, None)) for name, kind in SETTINGS_FORM]
         return page(request, "bot.html", login, bot=bot, stats=stats, settings=settings, figure=_json(figure))
 
