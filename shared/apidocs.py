@@ -14,6 +14,12 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 DOCS_STATIC = "/static/docs"
+# The docs pages may load nothing from elsewhere (ReDoc's footer would fetch its logo from its CDN): a machine without
+# internet sees the same page as one with it. Inline scripts and styles are the pages' own (FastAPI writes them).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 
 # route name -> (summary, description)
 ROUTE_DOCS: dict[str, tuple[str, str]] = {
@@ -104,11 +110,11 @@ def add_offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
+        return _offline(get_swagger_ui_html(
             openapi_url=openapi_url, title=f"{app.title} API", swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css", swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
             oauth2_redirect_url="/docs/oauth2-redirect",
-        )
+        ))
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def oauth2_redirect() -> HTMLResponse:
@@ -116,5 +122,12 @@ def add_offline_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} API", redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
-                              redoc_favicon_url=f"{DOCS_STATIC}/favicon.png", with_google_fonts=False)
+        return _offline(get_redoc_html(
+            openapi_url=openapi_url, title=f"{app.title} API", redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_STATIC}/favicon.png", with_google_fonts=False,
+        ))
+
+
+def _offline(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page

@@ -36,6 +36,7 @@ class Chromium:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._id = 0
+        self.events: list[dict] = []  # DevTools events seen while waiting for answers (Network.*, once enabled)
 
     async def __aenter__(self) -> Chromium:
         import websockets
@@ -70,6 +71,8 @@ class Chromium:
             if message.get("id") == ident:
                 assert "error" not in message, message
                 return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
 
     async def evaluate(self, expression: str):
         result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)

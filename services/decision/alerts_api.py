@@ -46,12 +46,13 @@ class WebhookTaken(BaseModel):
     alerts: int = Field(description="alerts queued for the users' notification URLs")
 
 
-def service_token_or_bearer(settings):
+def service_token_or_bearer(service):
     """The service token in X-Service-Token, or as `Authorization: Bearer` (Alertmanager's webhook sends only that);
     without a token configured every call is refused."""
-    expected = settings.service_token.get_secret_value() if settings.service_token is not None else ""
 
     async def check(request: Request) -> None:
+        token = service.settings.service_token
+        expected = token.get_secret_value() if token is not None else ""
         given = request.headers.get(SERVICE_TOKEN_HEADER) or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send the service token (SCALPER_SERVICE_TOKEN) as a bearer credential")
@@ -59,7 +60,7 @@ def service_token_or_bearer(settings):
     return check
 
 
-def create_router(service, *, settings) -> APIRouter:
+def create_router(service) -> APIRouter:
     router = APIRouter(tags=["alerts"])
 
     def notifier():
@@ -106,7 +107,7 @@ def create_router(service, *, settings) -> APIRouter:
         return TestSent(urls=count, sent=sent)
 
     @router.post("/alerts/alertmanager", response_model=WebhookTaken, summary="Alertmanager's webhook",
-                 dependencies=[Depends(service_token_or_bearer(settings))])
+                 dependencies=[Depends(service_token_or_bearer(service))])
     async def alertmanager(payload: Annotated[dict[str, Any], Body()]) -> Any:
         """Prometheus' alerts (executor down, Algo Trading off...) as Alertmanager posts them, fanned out to every
         user's notification URLs. Takes the service token (X-Service-Token), not a user's key."""

@@ -518,6 +518,6 @@ def mount(app: FastAPI, service, *, prefix: str = "/api/v1", served_symbols: Ser
 
     app.state.decision = service
     app.include_router(create_router(service, served_symbols=served_symbols), prefix=prefix)
-    for extra in (positions.create_router(service), alerts_api.create_router(service, settings=service.settings)):
+    for extra in (positions.create_router(service), alerts_api.create_router(service)):
         app.include_router(extra, prefix=prefix, responses=ERRORS, dependencies=[Depends(reject_unknown_query), Depends(reject_unexpected_body)])
 

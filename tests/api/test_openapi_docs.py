@@ -45,6 +45,7 @@ async def test_the_embedded_app_documents_every_operation_and_serves_swagger_ui_
             assert docs.status_code == 200
             assert "/static/docs/swagger-ui-bundle.js" in docs.text and "/static/docs/swagger-ui.css" in docs.text
             assert "cdn" not in docs.text.lower() and "https://" not in docs.text
+            assert "default-src 'self'" in docs.headers["content-security-policy"]
             js = await client.get("/static/docs/swagger-ui-bundle.js")
             assert js.status_code == 200 and len(js.content) > 100_000
             assert (await client.get("/static/docs/swagger-ui.css")).status_code == 200
