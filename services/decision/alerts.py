@@ -192,14 +192,17 @@ class Notifier:
         """Send `alert` to each URL it is for; return how many took it."""
         took = 0
         for url_id, scheme, url in await self._urls(alert):
-            sender = apprise.Apprise()
-            ok = sender.add(url) and await sender.async_notify(body=alert.body, title=alert.title)
-            if ok:
-                took += 1
-                self.sent += 1
-                notifications_total.labels(kind=alert.kind, result="sent").inc()
-            else:
-                self.failed += 1
-                notifications_total.labels(kind=alert.kind, result="failed").inc()
-                log.warning("alert not delivered", kind=alert.kind, url_id=url_id, scheme=scheme, failed=self.failed)
+            took += await self.send_to(url_id=url_id, scheme=scheme, url=url, alert=alert)
         return took
+
+    async def send_to(self, *, url_id: int, scheme: str, url: str, alert: Alert) -> bool:
+        sender = apprise.Apprise()
+        ok = bool(sender.add(url) and await sender.async_notify(body=alert.body, title=alert.title))
+        if ok:
+            self.sent += 1
+            notifications_total.labels(kind=alert.kind, result="sent").inc()
+        else:
+            self.failed += 1
+            notifications_total.labels(kind=alert.kind, result="failed").inc()
+            log.warning("alert not delivered", kind=alert.kind, url_id=url_id, scheme=scheme, failed=self.failed)
+        return ok

@@ -1,5 +1,5 @@
 """Routes of the alerts: a user's notification URLs (`/api/v1/notifications`, write-only URLs: only the scheme and
-label come back), a test send, and Alertmanager's webhook (`/api/v1/alerts/alertmanager`, with the service token)."""
+label come back), a test send to one URL, and Alertmanager's webhook (`/api/v1/alerts/alertmanager`, with the service token)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from services.decision import alerts, audit
 from services.decision.deps import CurrentUser, Session
 from shared.db.models import NotificationUrl
 from shared.http import SERVICE_TOKEN_HEADER
+from shared.secrets import current_key, unseal
 
 MAX_ID = 2_147_483_647
 
@@ -38,8 +39,7 @@ class NotificationList(BaseModel):
 
 
 class TestSent(BaseModel):
-    urls: int = Field(description="your notification URLs")
-    sent: int = Field(description="how many took the test message")
+    sent: bool = Field(description="whether the URL took the test message")
 
 
 class WebhookTaken(BaseModel):
@@ -98,13 +98,16 @@ def create_router(service) -> APIRouter:
                      message=f"notification URL {url_id} removed")
         await session.commit()
 
-    @router.post("/notifications/test", response_model=TestSent, summary="Send yourself a test alert")
-    async def test_notification(user: CurrentUser, session: Session) -> Any:
-        """A test message to each of your notification URLs now; says how many took it."""
-        count = len(list((await session.execute(select(NotificationUrl.id).where(NotificationUrl.user_id == user.id))).scalars()))
-        sent = await notifier().deliver(alerts.Alert(kind="test", user_id=user.id, title="Scalper test alert",
-                                                     body="Your notification URL works."))
-        return TestSent(urls=count, sent=sent)
+    @router.post("/notifications/{url_id}/test", response_model=TestSent, summary="Send a test alert to one URL")
+    async def test_notification(url_id: Annotated[int, Path(ge=1, le=MAX_ID)], user: CurrentUser, session: Session) -> Any:
+        """A test message to this notification URL now; says whether it took it."""
+        row = await session.get(NotificationUrl, url_id)
+        if row is None or row.user_id != user.id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"notification URL {url_id} not found")
+        url = unseal(row.url_sealed, current_key())
+        ok = await notifier().send_to(url_id=row.id, scheme=row.scheme, url=url,
+                                      alert=alerts.Alert(kind="test", user_id=user.id, title="Scalper test alert", body="Your notification URL works."))
+        return TestSent(sent=ok)
 
     @router.post("/alerts/alertmanager", response_model=WebhookTaken, summary="Alertmanager's webhook",
                  dependencies=[Depends(service_token_or_bearer(service))])

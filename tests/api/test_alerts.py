@@ -123,8 +123,13 @@ async def test_a_users_urls_get_fills_closes_and_the_kill_switch_and_no_one_else
     await notifier.idle()
     assert len(receiver.bodies) == before
 
-    test = await api.client.post("/api/v1/notifications/test", headers=bob.headers)
-    assert test.json() == {"urls": 1, "sent": 1} and receiver.titles("bob") == ["Scalper test alert"]
+    bobs = (await api.client.get("/api/v1/notifications", headers=bob.headers)).json()["data"][0]["id"]
+    assert (await api.client.post(f"/api/v1/notifications/{bobs}/test", headers=alice.headers)).status_code == 404
+    test = await api.client.post(f"/api/v1/notifications/{bobs}/test", headers=bob.headers)
+    assert test.json() == {"sent": True} and receiver.titles("bob") == ["Scalper test alert"]
+    assert (await api.client.delete(f"/api/v1/notifications/{bobs}", headers=alice.headers)).status_code == 404
+    assert (await api.client.delete(f"/api/v1/notifications/{bobs}", headers=bob.headers)).status_code == 204
+    assert (await api.client.get("/api/v1/notifications", headers=bob.headers)).json()["count"] == 0
 
 
 async def test_a_dead_url_is_counted_and_decisions_go_on(alerting, receiver):
