@@ -56,6 +56,7 @@ async def test_login_sets_a_signed_httponly_samesite_cookie_and_no_key_in_any_ur
     form = await client.get("/login")
     assert form.status_code == 200 and 'name="api_key"' in form.text and 'method="post"' in form.text
     assert 'name="viewport"' in form.text
+    assert "frame-ancestors 'none'" in form.headers["content-security-policy"] and form.headers["x-frame-options"] == "DENY"
 
     refused = await client.post("/login", data={"name": alice.name, "api_key": "not-a-key"})
     assert refused.status_code == 401 and "scalper_session" not in refused.headers.get("set-cookie", "")

@@ -37,6 +37,16 @@ CHART_BARS = 240
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
+# Scripts from this server only (the figures' JSON blocks are data, never run); no page of ours inside another's
+# frame (a hidden Close or Kill button under a click); plotly sets inline styles and draws images from data: URLs.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+
 
 def _digits(symbol: str) -> int:
     try:
@@ -96,9 +106,11 @@ def create_router(service, *, bars: BarSource | None, refresh_s: float) -> APIRo
     marks = Marks(bars)
 
     def page(request: Request, name: str, login: auth.Login | None, **context) -> HTMLResponse:
-        return templates.TemplateResponse(
+        response = templates.TemplateResponse(
             request, name, {"user": None if login is None else login.user, "csrf": "" if login is None else login.csrf, **context}
         )
+        response.headers.update(PAGE_HEADERS)
+        return response
 
     async def login_or_redirect(request: Request, session):
         login = await auth.session_login(request, session)
