@@ -51,9 +51,10 @@ class FeedError(ValueError):
 
 
 def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None = None, bus: Bus | None = None,
-              clock: Clock | None = None, server_time: str = "utc"):
+              clock: Clock | None = None, server_time: str = "utc", file_time: str | None = None, tz: str | None = None):
     """`synthetic`, `replay:PATH` (the symbol from `symbol` or the file name, e.g. XAUUSD_M1.csv -> XAUUSD), or `mt5`
-    (the executors' terminal sessions over the rates RPC on `bus`: they alone hold the terminal)."""
+    (the executors' terminal sessions over the rates RPC on `bus`: they alone hold the terminal). A replay file's clock
+    is `utc_offset`, `file_time` (a server-time rule) or `tz` when given, else inferred from the file."""
     if feed == "synthetic":
         return SyntheticFeed()
     if feed.startswith("replay:"):
@@ -63,7 +64,7 @@ def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None 
         name = symbol or symbol_from_filename(path)
         if not name:
             raise FeedError(f"cannot tell the symbol from the file name {path.name!r}: pass --symbol")
-        return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset)
+        return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset, server_time=file_time, tz=tz)
     if feed == "mt5":
         if bus is None or clock is None:
             raise FeedError("the mt5 feed reads the executors' MT5 sessions over the bus: it needs the bus and the clock")

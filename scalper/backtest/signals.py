@@ -49,6 +49,8 @@ class SignalEvent:
     target: float
     score: float
     features: dict[str, Any] = field(default_factory=dict)
+    p_win: float | None = None  # issue 19: set by a calibration (scalper/calibrate), as the live worker sets it
+    expected_r_net: float | None = None  # issue 19
 
 
 @dataclass(slots=True)

@@ -21,7 +21,8 @@ from services.decision.risk import AccountRules, BotRules, DecisionResult, Expos
 from shared.db.models import Bot, BrokerAccount, Decision, SignalRow
 from shared.outbox import Pending
 from shared.bus.base import TransientError
-from shared.messages import InvalidMessage, OrderIntent, Signal
+from shared.messages import InvalidMessage, OrderIntent, Signal, StrategyExit
+from shared.strategies.invalidation import strategy_exit
 from shared.settings import get_settings
 from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
 from shared.timeutil import broker_day_start
@@ -84,7 +85,7 @@ def magic_for(bot_id: int) -> int:
     return MAGIC_BASE + bot_id
 
 
-def order_intent_for(decision: Decision | Decided, *, entry: float | None = None) -> OrderIntent:
+def order_intent_for(decision: Decision | Decided, *, entry: float | None = None, invalidation: StrategyExit | None = None) -> OrderIntent:
     """The decision's OrderIntent, the same every time it is built (message id included), for re-publishing; `entry`
     is its signal's entry price, which the executor holds against the broker's quote before it sends."""
     assert decision.action == "open" and decision.client_order_id and decision.expires_at
@@ -105,6 +106,7 @@ def order_intent_for(decision: Decision | Decided, *, entry: float | None = None
         comment=decision.client_order_id,
         expires_at=decision.expires_at,
         entry=entry,
+        invalidation=invalidation,
     )
 
 
@@ -221,6 +223,8 @@ def _signal_values(signal: Signal, now: datetime) -> dict:
         "target": signal.target,
         "score": signal.score,
         "features": dict(signal.features),
+        "p_win": signal.p_win,
+        "expected_r_net": signal.expected_r_net,
         "created_at": now,
     }
 
@@ -269,6 +273,11 @@ def signal_audit(*, signal: Signal, now: datetime, user_id: int | None) -> dict:
     )
 
 
+def _strategy_exit(signal: Signal, bot: Bot) -> StrategyExit | None:
+    """The strategy's early exit for the executor (range_reversion's invalidation), with the bot's parameters."""
+    return strategy_exit(signal.strategy, (bot.strategy_params or {}).get(signal.strategy), signal.features)
+
+
 def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: Exposure, max_stop_atr: float) -> DecisionResult:
     if not account.is_active:  # a signal from a plan made before the account was switched off
         check = {"name": "account_not_active", "passed": False, "value": False, "limit": True}
@@ -303,7 +312,7 @@ async def handle_signal(
             if existing.action == "open" and existing.order_status == "sent":
                 # Not answered yet: send the same intent again (same message id; the executor keeps one order per
                 # decision), through the outbox like the first, so a decision whose first send was lost still goes out.
-                intent = order_intent_for(existing, entry=signal.entry)
+                intent = order_intent_for(existing, entry=signal.entry, invalidation=_strategy_exit(signal, bot))
                 row = await outgoing.enqueue_intent(session=session, intent=intent)
                 return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent, outbox=(row,))
             return SignalOutcome(bot_found=True, signal_new=False, decision=existing)
@@ -343,7 +352,7 @@ async def handle_signal(
         )
     decision = Decided(id=decision_id, **values)
     if result.action == "open":
-        intent = order_intent_for(decision, entry=signal.entry)
+        intent = order_intent_for(decision, entry=signal.entry, invalidation=_strategy_exit(signal, bot))
     entries = [signal_audit(signal=signal, now=now, user_id=bot.user_id)] if signal_new else []
     entries.append(
         audit.entry(

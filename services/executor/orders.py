@@ -52,6 +52,7 @@ async def process_intent(ex: ExecutorState, intent: OrderIntent) -> None:
                 status="rejected" if killed is not None else "sending",
                 reason=BOT_KILLED if killed is not None else "",
                 expires_at=intent.expires_at,
+                invalidation=None if intent.invalidation is None else intent.invalidation.model_dump(mode="json"),
                 created_at=now,
                 updated_at=now,
             )

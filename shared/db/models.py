@@ -94,6 +94,8 @@ class Bot(SQLModel, table=True):
     max_spread_pips: float | None = Field(default=None, description="ignore signals whose bar spread is wider (0002)")
     trading_hours: str = Field(default="", max_length=16, description="HH:MM-HH:MM UTC; empty: always (0002)")
     correlation_check: bool = Field(default=True, description="refuse a second position the same way in a basket (0002)")
+    min_stop_spread_ratio: float = Field(default=3.0, description="refuse a stop closer than this many spreads (0006)")
+    min_expected_r: float = Field(default=0.0, description="refuse a calibrated signal expecting less R net of costs (0006)")
     kill_switch_reset_at: datetime | None = _time(default=None)
     deleted_at: datetime | None = _time(default=None)
     created_at: datetime = _time(default_factory=utcnow)
@@ -117,6 +119,8 @@ class SignalRow(SQLModel, table=True):
     target: float
     score: float
     features: dict[str, Any] = _json(dict)
+    p_win: float | None = Field(default=None, description="calibrated P(target before stop); null without calibration (0006)")
+    expected_r_net: float | None = Field(default=None, description="expected R net of spread and commission (0006)")
     created_at: datetime = _time(default_factory=utcnow, index=True)
 
 
@@ -214,6 +218,8 @@ class Order(SQLModel, table=True):
     reason: str = Field(default="", max_length=300)
     expires_at: datetime = _time()
     report_sent: bool = False
+    invalidation: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON,
+                                                description="the intent's StrategyExit: the position's early exit (0006)")
     created_at: datetime = _time(default_factory=utcnow)
     updated_at: datetime = _time(default_factory=utcnow)
 

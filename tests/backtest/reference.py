@@ -1,7 +1,9 @@
 """The recorded reference run (tests/backtest/fixtures/reference_trades.json): every trade of `scalper backtest
 --server-time utc` with default options on both shipped files, and a digest of the year benchmark's trades
-(bench/yeardata.py), recorded once from the backtester before its array rewrite (issue 18). A change that alters a
-rule re-records it (`python -m tests.backtest.reference`) and says why in its commit.
+(bench/yeardata.py), recorded from the backtester without the array rewrite (issue 18): first from main before it,
+then again from main once issue 19 had changed rules (the cost gates' stop_within_spread refusal, range_reversion's
+invalidation exit), run on main's own code. A change that alters a rule re-records it (`python -m
+tests.backtest.reference`) and says why in its commit.
 
 A trade is kept to the cent: [strategy, side, opened_at, closed_at, entry, exit, sl, tp, volume, reason, pnl].
 """
