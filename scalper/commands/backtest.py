@@ -149,7 +149,8 @@ def backtest(
             bars = check_bars(bars, max_atr=config.bar_sanity_atr, digits=spec.digits).bars
             first = 0 if start is None else int(np.searchsorted(bars.time, start))
             found = scan_history(bars, spec=spec, configs=config.strategies, server_time=config.server_time,
-                                 min_lookback=config.min_lookback, start=first, progress=progress_cb)
+                                 min_lookback=config.min_lookback, start=first, progress=progress_cb,
+                                 score_marks=(config.rules.decision_min_score,), stop_atr_marks=(config.max_stop_atr,))
             found = annotate(found, loaded_calibration, symbol=spec.name, spec=spec,
                              spread_points=spreads_for(bars, spec, spread_points))
             result = run_backtest(bars, spec, config, signals=found, trade_from=start)
