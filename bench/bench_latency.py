@@ -27,8 +27,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sqlalchemy import select  # noqa: E402
+
+import fourhop  # noqa: E402  (bench/fourhop.py: the four-hop floors)
 
 from services.decision.bots import ensure_demo, setup_bot  # noqa: E402
 from services.decision.plan import build_plan  # noqa: E402
@@ -262,6 +265,13 @@ def distributed(gold: Path, samples: int) -> dict:
         cluster.start("strategy")
         result = asyncio.run(run(entry))
         result["rss"] = {p.name: rss_mb(p.popen.pid) for p in cluster.procs}
+        # The floor, on the same broker and database server in the same run, as many samples each way.
+        from sqlalchemy.engine import make_url
+
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        result["chain"] = asyncio.run(fourhop.distributed_chain(kit.amqp_url(vhost), dsn, len(result["latencies"]) or 10))
+        result["chain_idle"] = asyncio.run(fourhop.distributed_chain(kit.amqp_url(vhost), dsn, len(result["idle"]) or 10,
+                                                                     settle_s=IDLE_SETTLE_S))
         return result
     finally:
         if cluster is not None:
@@ -331,6 +341,9 @@ async def embedded(gold: Path, samples: int) -> dict:
             await service.stop()
         await bus.close()
         await engine.dispose()
+    chain_db = str(workdir / "fourhop.db")
+    result["chain"] = await fourhop.embedded_chain(chain_db, len(result["latencies"]) or 10)
+    result["chain_idle"] = await fourhop.embedded_chain(chain_db, len(result["idle"]) or 10, settle_s=IDLE_SETTLE_S)
     return result
 
 
@@ -426,6 +439,13 @@ def main() -> None:
             a = [x for x, _ in result[key]]
             b = [y for _, y in result[key]]
             print(f"{name:<52} {pace:<12} {pct(a, 50):>8.1f} ms {pct(b, 50):>8.1f} ms")
+    print("\nBeside the floor measured in the same run: four hops, each one commit and one hand-off (bench/fourhop.py)")
+    print(f"{'mode':<52} {'pace':<12} {'p50 ms':>8} {'p99 ms':>8} {'floor p50':>10} {'floor p99':>10} {'p99 ratio':>10} {'target':>7}")
+    for name, result, _ in rows:
+        for pace, ours, floor in (("back-to-back", result["latencies"], result["chain"]), ("idle engine", result["idle"], result["chain_idle"])):
+            ratio = pct(ours, 99) / pct(floor, 99)
+            print(f"{name:<52} {pace:<12} {pct(ours, 50):>8.1f} {pct(ours, 99):>8.1f} {pct(floor, 50):>10.1f} {pct(floor, 99):>10.1f} "
+                  f"{ratio:>9.2f}x {'1.5x':>7}")
     print("\nAligned mode: bar close -> BarWindow publish = 1000 ms scheduled delay (hh:mm:01) + the scan itself")
     print(f"{'symbols':>8} {'scan p50 ms':>12} {'scan p99 ms':>12} {'close->publish p50 ms':>22}")
     for n, p50, p99 in asyncio.run(aligned_scan()):

@@ -1,16 +1,20 @@
-"""Scale benchmark on RabbitMQ and PostgreSQL: the strategy stage's throughput with one and two worker processes,
-and a scan of 10,000 bots over 200 symbols evaluated and decided with two workers.
+"""Scale benchmark on RabbitMQ and PostgreSQL: one strategy worker's CPU per window, and a scan of 10,000 bots over
+200 symbols evaluated by two workers and decided, each beside its floor measured in the same run.
 
 The 200 symbols are aliases of gold (`SYM000`..`SYM199`, gold's spec) fed with real gold windows at different
 offsets, so every symbol has its own bars. Workers are processes of this file (`--worker`), which register the
-alias specs and run the strategy service's StrategyWorker; decision runs in this process on PostgreSQL. Beside each
-throughput figure: the workers' CPU per window and the rest of the machine's (broker, this process, the OS), which
-show whether the stage is bound by the workers or by the machine.
+alias specs and run the strategy service's StrategyWorker; decision runs in this process on PostgreSQL.
 
-    .venv/bin/python bench/bench_scale.py [--symbols 200] [--bots-per-symbol 50] [--windows 1200] [--repeats 3]
+- Worker CPU per window: one worker drains pre-queued windows (its CPU from /proc); the floor is the part no worker
+  can skip, measured here on the same windows: decoding the BarWindow and evaluating its distinct strategies once.
+- The scan: a window per symbol published, until every window is decided; the floor is the same scan with a
+  consumer that only takes each ScanResult off the queue (the workers, the broker and the bus, no decision).
 
-Each throughput figure is measured `--repeats` times, one worker then two in turn, and the speed-up is each pair's
-ratio: on two cores shared with the broker one drain of a few seconds varies by 15 % or more from run to run.
+    .venv/bin/python bench/bench_scale.py [--symbols 200] [--bots-per-symbol 50] [--windows 600] [--repeats 3]
+
+Each figure is measured `--repeats` times and the median printed: on two cores shared with the broker one run of a
+few seconds varies by 15 % or more from the next. Two workers against one is not measured: on two cores that also
+run the broker and this process it cannot show how competing consumers scale.
 """
 
 from __future__ import annotations
@@ -183,18 +187,15 @@ async def publish_all(bus, windows) -> float:
 
 async def throughput(url: str, windows, workers: int, symbols: int, *, consume: bool = False) -> Drain:
     """Windows per second through the strategy stage: the queue pre-filled, then `workers` processes drain it; done
-    when every window's Signals and ScanReport are in decision.signals.
+    when every window's ScanResult is in decision.signals.
 
     By default nobody consumes decision.signals (the count is read from the queue), so the two cores hold only the
     stage: the workers and RabbitMQ. `consume=True` adds a consumer in this process that decodes every output, as a
     decision service on the same machine would; its CPU then counts against the stage's."""
-    from services.strategy.service import scan_window
     from shared.bus import create_bus
-    from shared.messages import ScanReport
-    from shared.strategies.catalog import CATALOG
-    from shared.timeutil import utcnow
+    from shared.messages import ScanResult
 
-    expected = len(windows) + sum(len(scan_window(w, catalog=CATALOG, now=utcnow())[0]) for w in windows)
+    expected = len(windows)  # one ScanResult per window
     bus = create_bus(url)
     await bus.start()
     await bus.declare_queue(topology.STRATEGY_BARS)
@@ -205,7 +206,7 @@ async def throughput(url: str, windows, workers: int, symbols: int, *, consume: 
 
     async def count(message, delivery) -> None:
         nonlocal reports
-        if isinstance(message, ScanReport):
+        if isinstance(message, ScanResult):
             reports += 1
             if reports >= len(windows):
                 done.set()
@@ -249,33 +250,57 @@ async def throughput(url: str, windows, workers: int, symbols: int, *, consume: 
                  rest_cpu_ms=max(0.0, busy - worker_cpu) * per_window_ms, busy=busy / max(total_after - total_before, 1e-9))
 
 
-async def scan(url: str, pg: str, windows, symbols: int, bots: int) -> dict:
-    """One scan (a window per symbol, every bot subscribed): publish -> every ScanReport decided, two workers."""
+async def scan(url: str, pg: str, windows, symbols: int, *, decide: bool) -> tuple[float, float]:
+    """One scan (a window per symbol, every bot subscribed), two workers: seconds from the first publish until every
+    window is decided (`decide`), or, the floor, until every window's ScanResult is taken off decision's queue; and
+    this process's CPU seconds meanwhile (decision's, or the floor's consumer's)."""
     from scalper.serve import SharedClock
     from services.decision.service import DecisionService
     from shared.bus import create_bus
     from shared.db.engine import create_engine, session_factory
+    from shared.messages import ScanResult
     from shared.timeutil import utcnow
 
     register_aliases(symbols)
     settings = Settings(bus_url=url, database_url=pg, scan_interval_s=3600, order_ttl_s=3600, log_level="WARNING")
     engine = create_engine(pg)
+    async with engine.begin() as conn:  # each run decides a fresh scan: no earlier run's orders hold the bots' slots
+        from sqlalchemy import text
+
+        await conn.execute(text("TRUNCATE outbox, audit_log, decisions, signals RESTART IDENTITY"))
     bus = create_bus(url)
     start = windows[0].closed_through
-    decision = DecisionService(bus=bus, sessions=session_factory(engine), clock=SharedClock(start, utcnow(), 1.0), settings=settings)
     decided = 0
     done = asyncio.Event()
-    original = decision.handle_scan_report
+    decision = consumer = None
+    if decide:
+        decision = DecisionService(bus=bus, sessions=session_factory(engine), clock=SharedClock(start, utcnow(), 1.0), settings=settings)
+        original = decision.handle_scan_report
 
-    async def counted(report, delivery=None):
-        nonlocal decided
-        await original(report, delivery)
-        decided += 1
-        if decided >= len(windows):
-            done.set()
+        async def counted(report, delivery=None, **kw):
+            nonlocal decided
+            await original(report, delivery, **kw)
+            decided += 1
+            if decided >= len(windows):
+                done.set()
 
-    decision.handle_scan_report = counted  # type: ignore[method-assign]
-    await decision.start()
+        decision.handle_scan_report = counted  # type: ignore[method-assign]
+        await decision.start()
+        while decision.last_plan is None:  # steady state: the plan of the 10,000 bots is built before the scan comes
+            await asyncio.sleep(0.05)
+    else:
+        await bus.start()
+        await bus.delete_queue(topology.DECISION_SIGNALS.name)
+        await bus.declare_queue(topology.DECISION_SIGNALS)
+
+        async def taken(message, delivery) -> None:
+            nonlocal decided
+            if isinstance(message, ScanResult):
+                decided += 1
+                if decided >= len(windows):
+                    done.set()
+
+        consumer = await bus.consume(topology.DECISION_SIGNALS, taken, prefetch=settings.prefetch)
     # The accounts' order queues (no executor runs here: the intents wait in them, as for a busy executor).
     for account_id in sorted({sub.account_id for w in windows for sub in w.subscriptions}):
         await bus.declare_queue(topology.executor_orders_queue(account_id))
@@ -283,24 +308,67 @@ async def scan(url: str, pg: str, windows, symbols: int, bots: int) -> dict:
     go(procs)
     await asyncio.sleep(1.0)  # both consumers attached
     try:
-        t0 = time.perf_counter()
-        publish_s = await publish_all(bus, windows)
+        t0, c0 = time.perf_counter(), time.process_time()
+        await publish_all(bus, windows)
         await asyncio.wait_for(done.wait(), 600)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         stop(procs)
-        await decision.stop()
+        if decision is not None:
+            await decision.stop()
+        if consumer is not None:
+            await consumer.cancel()
+        for account_id in sorted({sub.account_id for w in windows for sub in w.subscriptions}):
+            await bus.delete_queue(topology.executor_orders_queue(account_id).name)
         await bus.close()
         await engine.dispose()
+    return elapsed, cpu
+
+
+async def decision_counts(pg: str) -> dict[str, int]:
     from sqlalchemy import func, select
 
+    from shared.db.engine import create_engine, session_factory
     from shared.db.models import Decision
 
     engine = create_engine(pg)
-    async with session_factory(engine)() as session:
-        counts = dict((await session.execute(select(Decision.action, func.count()).group_by(Decision.action))).all())
-    await engine.dispose()
-    return {"elapsed_s": elapsed, "publish_s": publish_s, "decisions": counts}
+    try:
+        async with session_factory(engine)() as session:
+            return dict((await session.execute(select(Decision.action, func.count()).group_by(Decision.action))).all())
+    finally:
+        await engine.dispose()
+
+
+def worker_floor(windows) -> tuple[float, float]:
+    """Per window, in this process: (the floor: decode the BarWindow and evaluate its distinct strategies once; the
+    worker's whole handling: decode, scan_window, encode the ScanResult), in µs of CPU, medians of three passes."""
+    from services.strategy.service import scan_window
+    from shared.messages import ScanResult, decode
+    from shared.strategies.base import EvalContext, WindowCache
+    from shared.strategies.catalog import CATALOG
+    from shared.symbols import get_spec
+    from shared.timeutil import utcnow
+
+    bodies = [w.encode() for w in windows]
+    floors, wholes = [], []
+    for _ in range(3):
+        c0 = time.process_time()
+        for body in bodies:
+            window, _ = decode("BarWindow", body)
+            bars = window.bars.to_bars()
+            ctx = EvalContext(spec=get_spec(window.symbol), levels=window.levels, cache=WindowCache(bars))
+            configs = {cfg.name: cfg for sub in window.subscriptions for cfg in sub.strategies}
+            for name, cfg in configs.items():
+                CATALOG.get(name).evaluate(bars, ctx, CATALOG.parse_params(name, cfg.params))
+        c1 = time.process_time()
+        for body in bodies:
+            window, _ = decode("BarWindow", body)
+            signals, report = scan_window(window, catalog=CATALOG, now=utcnow())
+            ScanResult(signals=tuple(signals), report=report).encode()
+        c2 = time.process_time()
+        floors.append((c1 - c0) * 1e6 / len(bodies))
+        wholes.append((c2 - c1) * 1e6 / len(bodies))
+    return statistics.median(floors), statistics.median(wholes)
 
 
 def services_problem() -> str | None:
@@ -315,8 +383,8 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--symbols", type=int, default=200)
     parser.add_argument("--bots-per-symbol", type=int, default=50)
-    parser.add_argument("--windows", type=int, default=1200, help="windows for each throughput run")
-    parser.add_argument("--repeats", type=int, default=3, help="throughput runs of each kind (one worker, two)")
+    parser.add_argument("--windows", type=int, default=600, help="windows one worker drains for its CPU per window")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement")
     args = parser.parse_args()
     if args.worker:
         asyncio.run(run_worker(args.url, args.symbols))
@@ -332,11 +400,10 @@ def main() -> None:
     if problem:
         print(f"skipped: {problem}")
         return
-    cores = os.cpu_count()
-    results = {}
     vhost = kit.add_vhost()
     pg = kit.create_database()
     url = kit.amqp_url(vhost)
+    drains, scans, floors, decided = [], [], [], {}
     try:
         async def build():
             engine, _, plan = await prepare(pg, args.symbols, args.bots_per_symbol)
@@ -344,38 +411,43 @@ def main() -> None:
             return plan
 
         plan = asyncio.run(build())
-        scan_windows = windows_for(plan, 1, gold)
         per = max(1, args.windows // args.symbols)
         load = windows_for(plan, per, gold)
-        for consume in (False, True):
-            for run in range(args.repeats):
-                for n in (1, 2):
-                    results[consume, run, n] = asyncio.run(throughput(url, load, n, args.symbols, consume=consume))
-        results["scan"] = asyncio.run(scan(url, pg, scan_windows, args.symbols, args.symbols * args.bots_per_symbol))
+        floor_us, whole_us = worker_floor(load[: min(len(load), 200)])
+        scan_sets = windows_for(plan, args.repeats, gold)  # a fresh window per symbol for each run: new signals
+        for run in range(args.repeats):
+            drains.append(asyncio.run(throughput(url, load, 1, args.symbols)))
+            windows = scan_sets[run * args.symbols:(run + 1) * args.symbols]
+            floors.append(asyncio.run(scan(url, pg, windows, args.symbols, decide=False)))
+            scans.append(asyncio.run(scan(url, pg, windows, args.symbols, decide=True)))
+            decided = asyncio.run(decision_counts(pg))
     finally:
         kit.delete_vhost(vhost)
         kit.drop_database(pg)
 
     bots = args.symbols * args.bots_per_symbol
-    print(f"\nStrategy stage throughput ({len(load)} windows of {args.bots_per_symbol} bots each, pre-queued; {cores} cores)")
-    print("CPU per window: the workers' own, and the rest of the machine's (RabbitMQ, this process, the OS, other load)")
-    print(f"{'outputs':<28} {'run':>4} {'workers':>8} {'windows/s':>10} {'bot-evaluations/s':>18} {'speed-up':>9} "
-          f"{'worker CPU':>11} {'rest CPU':>9} {'cores busy':>11}")
-    for consume, label in ((False, "queued (the stage alone)"), (True, "decoded by a consumer here")):
-        ratios = []
-        for run in range(args.repeats):
-            one = results[consume, run, 1].windows_per_s
-            ratios.append(results[consume, run, 2].windows_per_s / one)
-            for n in (1, 2):
-                d = results[consume, run, n]
-                print(f"{label:<28} {run + 1:>4} {n:>8} {d.windows_per_s:>10.1f} {d.windows_per_s * args.bots_per_symbol:>18.0f} "
-                      f"{d.windows_per_s / one:>8.2f}x {d.worker_cpu_ms:>8.2f} ms {d.rest_cpu_ms:>6.2f} ms {d.busy:>10.0%}")
-        print(f"{label:<28} speed-up of two workers over one, median of {args.repeats}: {statistics.median(ratios):.2f}x "
-              f"(runs: {', '.join(f'{r:.2f}x' for r in ratios)}; target 1.5x)")
-    s = results["scan"]
-    print(f"\nOne scan: {bots} bots over {args.symbols} symbols, 2 workers, decision on PostgreSQL")
-    print(f"publish of {args.symbols} windows {s['publish_s'] * 1000:.0f} ms; all evaluated and decided in {s['elapsed_s']:.2f} s (target 5 s)")
-    print(f"decisions made: {s['decisions']}")
+    cores = os.cpu_count()
+    cpu_us = statistics.median(d.worker_cpu_ms * 1000 for d in drains)
+    print(f"\nOne strategy worker ({len(load)} windows of {args.bots_per_symbol} bots each, pre-queued; {cores} cores), "
+          f"medians of {args.repeats}")
+    print(f"{'':<58}{'CPU per window':>16}")
+    print(f"{'worker process (RabbitMQ consumer, decode, scan, publish)':<58}{cpu_us:>13.0f} us   (target 80 us; runs: "
+          f"{', '.join(f'{d.worker_cpu_ms * 1000:.0f}' for d in drains)})")
+    print(f"{'  in this process: decode + scan_window + encode':<58}{whole_us:>13.0f} us")
+    print(f"{'  floor: decode + each distinct strategy evaluated once':<58}{floor_us:>13.0f} us   "
+          f"(worker / floor {cpu_us / floor_us:.2f})")
+    print(f"{'windows/s of the one worker':<58}{statistics.median(d.windows_per_s for d in drains):>13.1f}")
+    ours, floor = statistics.median(t for t, _ in scans), statistics.median(t for t, _ in floors)
+    ours_cpu = statistics.median(c for _, c in scans)
+    signals = sum(decided.values())
+    print(f"\nOne scan: {bots} bots over {args.symbols} symbols, 2 workers, decision on PostgreSQL, medians of {args.repeats}")
+    print(f"{'decided (publish -> every window decided)':<58}{ours:>10.2f} s   (target 1.2 s; runs: "
+          f"{', '.join(f'{t:.2f}' for t, _ in scans)})")
+    print(f"{'  decision process CPU meanwhile':<58}{ours_cpu:>10.2f} s   ({signals} signals decided: {decided}; "
+          f"{ours_cpu * 1000 / max(signals, 1):.2f} ms each)")
+    print(f"{'floor (publish -> every ScanResult taken, no decision)':<58}{floor:>10.2f} s   (runs: "
+          f"{', '.join(f'{t:.2f}' for t, _ in floors)})")
+    print(f"scan decided: ours {ours:.2f} s, floor {floor:.2f} s, ratio {ours / floor:.2f}")
 
 
 if __name__ == "__main__":

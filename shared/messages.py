@@ -17,7 +17,8 @@ from shared.bars import Bars
 from shared.symbols import SymbolSpec
 from shared.timeutil import utcnow
 
-# 1.1: Signal.p_win and Signal.expected_r_net, OrderIntent.invalidation (optional fields: a 1.0 consumer ignores them).
+# 1.1: ScanResult (a window's signals and report together); Signal.p_win and Signal.expected_r_net,
+# OrderIntent.invalidation (optional fields: a 1.0 consumer ignores them).
 SCHEMA_VERSION = "1.1"
 SIGNAL_NAMESPACE = uuid.UUID("5b0c7c1e-3d4a-4f6b-9a55-2f1c8e1d9a10")
 
@@ -184,6 +185,18 @@ class ScanReport(Message):
     bots: tuple[BotScan, ...]
 
 
+class ScanResult(Message):
+    """A window's Signals and its ScanReport in one message (1.1), which strategy workers send instead of the
+    Signals one by one and the report after them: decision decides a window's signals for each account together,
+    in one transaction, and acks the window once they are all decided. Decision still takes Signal and ScanReport
+    messages alone (a worker of 1.0)."""
+
+    type_name: ClassVar[str] = "ScanResult"
+
+    signals: tuple[Signal, ...]
+    report: ScanReport
+
+
 # --- decision -> executor ----------------------------------------------------------------------------------
 
 
@@ -313,7 +326,7 @@ class RatesReply(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type_name: cls
-    for cls in (ScanPlan, BarWindow, Signal, ScanReport, OrderIntent, ExecutorCommand, ExecutionReport, PositionEvent, AccountSnapshot, RatesRequest, RatesReply)
+    for cls in (ScanPlan, BarWindow, Signal, ScanReport, ScanResult, OrderIntent, ExecutorCommand, ExecutionReport, PositionEvent, AccountSnapshot, RatesRequest, RatesReply)
 }
 
 

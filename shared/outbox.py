@@ -93,6 +93,27 @@ async def enqueue(*, session: AsyncSession, message: Message, exchange: str, rou
     return Pending(id=row_id, exchange=exchange, routing_key=routing_key, message=message)
 
 
+_INSERT_MANY = OUTBOX.insert().returning(OUTBOX.c.id, sort_by_parameter_order=True)
+
+
+async def enqueue_many(
+    *, session: AsyncSession, items: Sequence[tuple[Message, str, str]], now: datetime | None = None
+) -> list[Pending]:
+    """Write several messages, each `(message, exchange, routing_key)`, to the outbox in one multi-row INSERT (ids in
+    the order given); kick the relay with them together once the transaction has committed."""
+    if not items:
+        return []
+    at = now or utcnow()
+    values = [
+        {"exchange": exchange, "routing_key": routing_key, "message_type": message.type_name, "body": message.model_dump_json(),
+         "created_at": at, "published_at": None, "attempts": 0, "last_error": None}
+        for message, exchange, routing_key in items
+    ]
+    ids = (await (await session.connection()).execute(_INSERT_MANY, values)).scalars().all()
+    return [Pending(id=row_id, exchange=exchange, routing_key=routing_key, message=message)
+            for row_id, (message, exchange, routing_key) in zip(ids, items, strict=True)]
+
+
 async def mark_published(*, session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
     if ids:
         await (await session.connection()).execute(_MARK_PUBLISHED, {"ids": list(ids), "at": at})

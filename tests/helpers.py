@@ -58,7 +58,7 @@ class RecordingBus:
             raise ConnectionError("bus unreachable (test)")
         self.published.append((exchange, routing_key, message))
 
-    async def consume(self, spec: QueueSpec, handler, *, prefetch=None) -> RecordingConsumer:
+    async def consume(self, spec: QueueSpec, handler, *, prefetch=None, concurrency=1) -> RecordingConsumer:
         self.handlers[spec.name] = handler
         return RecordingConsumer()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scalper.backtest.invalidation import Invalidations  # issue 19: strategy invalidation exits
+from scalper.backtest.invalidation import Invalidations
 from scalper.backtest.refusals import bot_refusal
 from scalper.backtest.signals import Progress, ScanStats, SignalEvent, day_keys, scan_history
 from services.decision.daily_loss import DailyPnl, daily_loss_tripped
@@ -130,7 +130,7 @@ class _Book:
 
     def __init__(self, bars: Bars, spec: SymbolSpec, config: BacktestConfig, catalog: Catalog = CATALOG) -> None:
         self.bars, self.spec, self.config = bars, spec, config
-        self.invalid = Invalidations(bars, spec, config.strategies, enabled=config.exits.invalidation, catalog=catalog)  # issue 19
+        self.invalid = Invalidations(bars, spec, config.strategies, enabled=config.exits.invalidation, catalog=catalog)
         self.n = len(bars)
         self.spread = spreads_for(bars, spec, config.spread_points)
         self.ask_add = self.spread * spec.point
@@ -162,7 +162,7 @@ class _Book:
         with the executor's trailing stop and time stop applied at each bar's close when they are on; else the end."""
         b, spec, e = self.bars, self.spec, t.entry_index
         per_bar = self.config.trail.mode != "off" or self.config.exits.time_stop_min > 0
-        per_bar = per_bar or invalid_at is not None  # issue 19: the strategy's invalidation exit at that bar's close
+        per_bar = per_bar or invalid_at is not None  # the strategy's invalidation exit at that bar's close
         if not per_bar:
             k = e
             while k < self.n:
@@ -205,7 +205,7 @@ class _Book:
                 price = fills.exit_price(t.side, float(b.open[k + 1]), float(self.spread[k + 1]), spec)
                 self._close(t, k + 1, price, "early_exit")
                 return
-            if invalid_at is not None and k >= invalid_at:  # issue 19: as the executor's monitor, after the bar's close
+            if invalid_at is not None and k >= invalid_at:  # as the executor's monitor, after the bar's close
                 self._close(t, k + 1, fills.exit_price(t.side, float(b.open[k + 1]), float(self.spread[k + 1]), spec), "early_exit")
                 return
             if self.config.trail.mode != "off":
@@ -351,8 +351,8 @@ class _Book:
             message_id=_NO_ID, produced_at=bar_time,  # no clock, no random ids: a backtest is deterministic
             bot_id=1, account_id=1, symbol=cfg.symbol, timeframe=s.timeframe, strategy=s.strategy, side=s.side,
             bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score,
-            features={**s.features, "spread_points": float(self.spread[j])},  # issue 19: as the live worker sends it
-            p_win=s.p_win, expected_r_net=s.expected_r_net,  # issue 19: the calibration's, when one is loaded
+            features={**s.features, "spread_points": float(self.spread[j])},  # as the live worker sends it
+            p_win=s.p_win, expected_r_net=s.expected_r_net,  # the calibration's, when one is loaded
         )
         decision = decide(rules=rules, signal=signal, exposure=exposure, spec=spec, max_stop_atr=cfg.max_stop_atr)
         if decision.action != "open":
@@ -373,7 +373,7 @@ class _Book:
                   sl=decision.sl, tp=decision.tp, initial_sl=decision.sl, volume=decision.volume, entry_time=int(self.bars.time[e]))
         if t.initial_sl is not None:
             t.risk_money = abs(spec.profit(t.side, t.volume, t.entry_price, t.initial_sl))
-        self._find_exit(t, self.invalid.first(s.strategy, s.features, e))  # issue 19: invalidation exit
+        self._find_exit(t, self.invalid.first(s.strategy, s.features, e))  # invalidation exit
         self.trades.append(t)
         self.active.append(t)
 
@@ -412,7 +412,7 @@ def run_backtest(
         signals = scan_history(bars, spec=spec, configs=config.strategies, catalog=catalog, server_time=config.server_time,
                                min_lookback=config.min_lookback, start=start, progress=progress, stats=scan,
                                score_marks=(config.rules.decision_min_score,), stop_atr_marks=(config.max_stop_atr,))
-    book = _Book(bars, spec, config, catalog)  # issue 19: the catalog's invalidation rules
+    book = _Book(bars, spec, config, catalog)  # the catalog's invalidation rules
     for s in signals:
         book.advance(s.index)
         book.on_signal(s)

@@ -174,7 +174,7 @@ def backtest(
         else:
             json_out.write_text(text + "\n")
     if html_out is not None:
-        html_out.write_text(to_html(result, file=str(file), file_format=loaded.format))
+        html_out.write_text(to_html(result, file=str(file), file_format=loaded.format, bars=bars))
     if json_out is None or str(json_out) != "-":
         _print(doc)
 

@@ -118,6 +118,7 @@ _OPEN_DECISION = (
     .values(client_order_id=bindparam("client_order_id"), expires_at=bindparam("expires_at"), order_status=bindparam("order_status"))
 )
 _BOTS, _ACCOUNTS = Bot.__table__, BrokerAccount.__table__
+_DECISION_OF = select(Decision.__table__).where(Decision.__table__.c.signal_id == bindparam("signal_id"))  # a Core row
 # Both rows as labelled columns, read as plain records: the ORM's two objects cost about 0.1 ms more per decision, and
 # the decision changes neither row.
 _BOT_AND_ACCOUNT = (
@@ -141,21 +142,30 @@ async def load_bot_for_update(*, session: AsyncSession, bot_id: int) -> tuple[Si
     )
 
 
+_POSITION_OPEN = or_(Decision.position_status.is_(None), Decision.position_status != "closed")
+# The exposure query's columns: each live leg, and each trade's signal entry (the margin of orders not yet answered).
+_EXPOSURE_COLUMNS = (
+    Decision.bot_id, Decision.symbol, Decision.side, Decision.volume, Decision.order_status, Decision.created_at,
+    _POSITION_OPEN.label("open"), SignalRow.entry,
+)
+
+
+def exposure_where(*, bots):
+    """The account's live legs, and the trades since the broker day's start of the bots `bots` selects."""
+    return and_(
+        Decision.account_id == bindparam("account_id"),
+        Decision.action == "open",
+        Decision.order_status.in_(LIVE_ORDER_STATUSES),
+        or_(_POSITION_OPEN, and_(bots, Decision.created_at >= bindparam("day_start"))),
+    )
+
+
 def _exposure_statement():
     """The account's live legs, and the bot's trades since the broker day's start, with each one's signal entry."""
-    position_open = or_(Decision.position_status.is_(None), Decision.position_status != "closed")
     return (
-        select(
-            Decision.bot_id, Decision.symbol, Decision.side, Decision.volume, Decision.order_status, Decision.created_at,
-            position_open.label("open"), SignalRow.entry,
-        )
+        select(*_EXPOSURE_COLUMNS)
         .outerjoin(SignalRow, SignalRow.signal_id == Decision.signal_id)
-        .where(
-            Decision.account_id == bindparam("account_id"),
-            Decision.action == "open",
-            Decision.order_status.in_(LIVE_ORDER_STATUSES),
-            or_(position_open, and_(Decision.bot_id == bindparam("bot_id"), Decision.created_at >= bindparam("day_start"))),
-        )
+        .where(exposure_where(bots=Decision.bot_id == bindparam("bot_id")))
     )
 
 
@@ -169,13 +179,19 @@ async def load_exposure(
     yet filled count as open), the bot's trades of the broker day, and the margin of orders not yet answered."""
     params = {"account_id": account.id, "bot_id": bot.id, "day_start": broker_day_start(account.server_time, now)}
     rows = (await (await session.connection()).execute(_EXPOSURE, params)).all()
+    return exposure_from_rows(rows, bot=bot, account=account, day_start=params["day_start"], margin_free=margin_free)
+
+
+def exposure_from_rows(rows, *, bot, account, day_start: datetime, margin_free: float | None) -> Exposure:
+    """The bot's Exposure from the exposure query's rows (the account's live legs, the bot's trades since
+    `day_start`): shared by one decision at a time and a scan's decisions made together."""
     instrument = canonical_symbol(bot.symbol, account.symbol_suffix)
     legs = tuple(
         Leg(bot_id=row.bot_id, instrument=canonical_symbol(row.symbol, account.symbol_suffix), side=row.side, volume=row.volume or 0.0)
         for row in rows
         if row.open
     )
-    trades_today = sum(1 for row in rows if row.bot_id == bot.id and row.created_at >= params["day_start"])
+    trades_today = sum(1 for row in rows if row.bot_id == bot.id and row.created_at >= day_start)
     if margin_free is not None:
         margin_free -= pending_margin(account=account, sent=[(r.symbol, r.volume, r.entry) for r in rows if r.order_status == "sent"])
     return Exposure(
@@ -273,12 +289,57 @@ def signal_audit(*, signal: Signal, now: datetime, user_id: int | None) -> dict:
     )
 
 
-def _strategy_exit(signal: Signal, bot: Bot) -> StrategyExit | None:
+def strategy_exit_for(signal: Signal, bot) -> StrategyExit | None:
     """The strategy's early exit for the executor (range_reversion's invalidation), with the bot's parameters."""
     return strategy_exit(signal.strategy, (bot.strategy_params or {}).get(signal.strategy), signal.features)
 
 
-def _risk_result(*, bot: Bot, account: BrokerAccount, signal: Signal, exposure: Exposure, max_stop_atr: float) -> DecisionResult:
+def decision_values(*, signal_id: str, bot, account, result: DecisionResult, now: datetime) -> dict:
+    """The decision row's values before its id is known (an `open` gets its order's columns from `open_values`)."""
+    return {
+        "signal_id": signal_id,
+        "bot_id": bot.id,
+        "account_id": account.id,
+        "symbol": bot.symbol,
+        "action": result.action,
+        "reason": result.reason,
+        "checks": result.checks,
+        "side": result.side,
+        "volume": result.volume,
+        "sl": result.sl,
+        "tp": result.tp,
+        "created_at": now,
+        "client_order_id": None,
+        "expires_at": None,
+        "order_status": None,
+    }
+
+
+def open_values(values: dict, *, decision_id: int, now: datetime, order_ttl_s: float) -> None:
+    """An `open` decision's order columns, once its id is known (the client order id carries it)."""
+    values["client_order_id"] = client_order_id_for(bot_id=values["bot_id"], decision_id=decision_id, signal_id=uuid.UUID(values["signal_id"]))
+    values["expires_at"] = now + timedelta(seconds=order_ttl_s)
+    values["order_status"] = "sent"
+
+
+def decision_audit(*, decision: Decided, result: DecisionResult, user_id: int | None, now: datetime, sent: bool) -> dict:
+    return audit.entry(
+        kind="decision",
+        entity_id=decision.id,
+        user_id=user_id,
+        bot_id=decision.bot_id,
+        at=now,
+        message=f"{result.action} ({result.reason}) for signal {decision.signal_id}"
+        + (
+            f": {decision.side} {decision.volume} {decision.symbol} sl {decision.sl} tp {decision.tp} as {decision.client_order_id}"
+            if sent
+            else ""
+        ),
+        after={"checks": [f"{c['name']}={'ok' if c['passed'] else 'FAIL'} ({c['value']} vs {c['limit']})" for c in result.checks]},
+    )
+
+
+def risk_result(*, bot, account, signal: Signal, exposure: Exposure, max_stop_atr: float) -> DecisionResult:
     if not account.is_active:  # a signal from a plan made before the account was switched off
         check = {"name": "account_not_active", "passed": False, "value": False, "limit": True}
         return DecisionResult(action="ignore", reason="account_not_active", checks=[check], side=signal.side)
@@ -307,69 +368,36 @@ async def handle_signal(
 
     signal_id, signal_new = await store_signal(session=session, signal=signal, now=now)
     if not signal_new:
-        existing = (await session.execute(select(Decision).where(Decision.signal_id == signal_id))).scalar_one_or_none()
+        existing = (await (await session.connection()).execute(_DECISION_OF, {"signal_id": signal_id})).one_or_none()
         if existing is not None:
             if existing.action == "open" and existing.order_status == "sent":
                 # Not answered yet: send the same intent again (same message id; the executor keeps one order per
                 # decision), through the outbox like the first, so a decision whose first send was lost still goes out.
-                intent = order_intent_for(existing, entry=signal.entry, invalidation=_strategy_exit(signal, bot))
+                intent = order_intent_for(existing, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
                 row = await outgoing.enqueue_intent(session=session, intent=intent)
                 return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent, outbox=(row,))
             return SignalOutcome(bot_found=True, signal_new=False, decision=existing)
 
     exposure = await load_exposure(session=session, bot=bot, account=account, now=now, margin_free=margin_free)
     max_stop_atr = get_settings().max_stop_atr if max_stop_atr is None else max_stop_atr  # SCALPER_MAX_STOP_ATR
-    result = _risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
-    values = {
-        "signal_id": signal_id,
-        "bot_id": bot.id,
-        "account_id": account.id,
-        "symbol": bot.symbol,
-        "action": result.action,
-        "reason": result.reason,
-        "checks": result.checks,
-        "side": result.side,
-        "volume": result.volume,
-        "sl": result.sl,
-        "tp": result.tp,
-        "created_at": now,
-        "client_order_id": None,
-        "expires_at": None,
-        "order_status": None,
-    }
+    result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
+    values = decision_values(signal_id=signal_id, bot=bot, account=account, result=result, now=now)
     # Core statements, not the unit of work: the hot path of every signal (about half its time went to the ORM).
     # Core statements on the session's connection: a session's execute adds about 55 µs each (docs/benchmarks.md).
     connection = await session.connection()
     decision_id = (await connection.execute(_INSERT_DECISION, values)).scalar_one()
     intent = None
     if result.action == "open":
-        values["client_order_id"] = client_order_id_for(bot_id=bot.id, decision_id=decision_id, signal_id=uuid.UUID(signal_id))
-        values["expires_at"] = now + timedelta(seconds=order_ttl_s)
-        values["order_status"] = "sent"
+        open_values(values, decision_id=decision_id, now=now, order_ttl_s=order_ttl_s)
         await connection.execute(
             _OPEN_DECISION,
             {"decision_id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}},
         )
     decision = Decided(id=decision_id, **values)
     if result.action == "open":
-        intent = order_intent_for(decision, entry=signal.entry, invalidation=_strategy_exit(signal, bot))
+        intent = order_intent_for(decision, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
     entries = [signal_audit(signal=signal, now=now, user_id=bot.user_id)] if signal_new else []
-    entries.append(
-        audit.entry(
-            kind="decision",
-            entity_id=decision.id,
-            user_id=bot.user_id,
-            bot_id=bot.id,
-            at=now,
-            message=f"{result.action} ({result.reason}) for signal {signal_id}"
-            + (
-                f": {decision.side} {decision.volume} {decision.symbol} sl {decision.sl} tp {decision.tp} as {decision.client_order_id}"
-                if intent
-                else ""
-            ),
-            after={"checks": [f"{c['name']}={'ok' if c['passed'] else 'FAIL'} ({c['value']} vs {c['limit']})" for c in result.checks]},
-        )
-    )
+    entries.append(decision_audit(decision=decision, result=result, user_id=bot.user_id, now=now, sent=intent is not None))
     await audit.write(session=session, entries=entries)
     rows = (await outgoing.enqueue_intent(session=session, intent=intent),) if intent is not None else ()
     return SignalOutcome(bot_found=True, signal_new=signal_new, decision=decision, decision_new=True, intent=intent, outbox=rows)

@@ -12,10 +12,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.decision import events, killswitch, outgoing, plan
+from prometheus_client import Counter
+
+from services.decision import alerts, events, killswitch, outgoing, plan
+from services.decision.batch import decide_account
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
-from services.decision.scanline import ScanLine, scan_lines
+from services.decision.scanline import ScanLine, ScanLog, scan_lines
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
@@ -29,6 +32,7 @@ from shared.messages import (
     PositionEvent,
     ScanPlan,
     ScanReport,
+    ScanResult,
     Signal,
     StrategyConfig,
 )
@@ -44,6 +48,15 @@ log = get_logger("services.decision")
 
 # How many (window, bot) scan lines to remember, so a redelivered ScanReport does not log its lines twice.
 LOGGED_LINES_KEPT = 10_000
+# Windows decided at once (PostgreSQL): accounts of different windows in parallel; one account's signals stay in turn.
+WINDOWS_AT_ONCE = 8
+# Account transactions open at once, all windows together: below the pool's size, so a wide window waits here rather
+# than timing out on a pool checkout.
+ACCOUNTS_AT_ONCE = 16
+
+signals_refused_total = Counter(
+    "decision_signals_refused_total", "Signals of a ScanResult refused alone (another account's bot, another symbol)", ["reason"]
+)
 # What this process decided, for scan lines made without a query: windows' tallies, and signal ids decided.
 WINDOWS_KEPT = 2_000
 DECIDED_KEPT = 100_000
@@ -90,6 +103,7 @@ class DecisionService:
         self._plan_task: asyncio.Task | None = None
         self._plan_lock = asyncio.Lock()
         self._account_locks: dict[int, asyncio.Lock] = {}
+        self._open_accounts = asyncio.Semaphore(ACCOUNTS_AT_ONCE)
         self._logged: OrderedDict[tuple[str, int], None] = OrderedDict()
         # window id -> bot id -> [new signals, decided open, orders sent]; and the signal ids decided here.
         self._tallies: OrderedDict[str, dict[int, list[int]]] = OrderedDict()
@@ -97,6 +111,8 @@ class DecisionService:
         self._plan_symbols: dict[int, str] | None = None  # bot id -> symbol, of the last plan
         self.snapshots: dict[int, AccountSnapshot] = {}
         self.last_plan: ScanPlan | None = None
+        self.alerts: alerts.AlertSink = alerts.NO_ALERTS  # people's notifications, sent off this path (alerts.py)
+        self._scan_log = ScanLog(log)  # info when a scan found a signal, debug otherwise, a summary a minute
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -106,7 +122,11 @@ class DecisionService:
         await self._bus.start()
         await self.outbox.start()  # what a crashed process committed and never published goes out first
         prefetch = self._settings.prefetch
-        self._consumers.append(await self._bus.consume(topology.DECISION_SIGNALS, self.on_signals_queue, prefetch=prefetch))
+        # SQLite has one writer: windows one at a time there; PostgreSQL decides a few windows side by side.
+        windows = 1 if self._sqlite else WINDOWS_AT_ONCE
+        self._consumers.append(await self._bus.consume(
+            topology.DECISION_SIGNALS, self.on_signals_queue, prefetch=max(prefetch, windows), concurrency=windows,
+        ))
         self._consumers.append(await self._bus.consume(topology.DECISION_EVENTS, self.on_events_queue, prefetch=prefetch))
         self._plan_task = asyncio.create_task(self._plan_loop(), name="decision:plan")
 
@@ -136,6 +156,10 @@ class DecisionService:
         details["plan_symbols"] = None if self.last_plan is None else len(self.last_plan.symbols)
         details["outbox_unpublished"] = self.outbox.unpublished  # waiting for the broker's confirm; retried
         return details["database"], details
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     def latest_snapshot(self, account_id: int) -> AccountSnapshot | None:
         return self.snapshots.get(account_id)
@@ -188,8 +212,15 @@ class DecisionService:
 
     # --- consumers ----------------------------------------------------------------------------------------
 
+    @property
+    def _sqlite(self) -> bool:
+        bind = self._sessions.kw.get("bind")
+        return bind is not None and bind.dialect.name == "sqlite"
+
     async def on_signals_queue(self, message: Message, delivery: Delivery) -> None:
-        if isinstance(message, Signal):
+        if isinstance(message, ScanResult):
+            await self._patience.run(lambda: self.decide_scan(message.signals, message.report, delivery), what="decision.signals")
+        elif isinstance(message, Signal):
             await self._patience.run(lambda: self.handle_signal(message, delivery), what="decision.signals")
         elif isinstance(message, ScanReport):
             await self._patience.run(lambda: self.handle_scan_report(message, delivery), what="decision.signals")
@@ -211,7 +242,6 @@ class DecisionService:
         return self._account_locks.setdefault(account_id, asyncio.Lock())
 
     async def handle_signal(self, signal: Signal, delivery: Delivery | None = None) -> None:
-        key = str(signal.signal_id)
         # One decision at a time per account, so two signals of one window cannot both pass a limit of 1: this lock
         # in the process, the account row's lock (PostgreSQL) or the database's write lock (SQLite) across processes.
         async with self._account_lock(signal.account_id), transaction(self._sessions) as session:
@@ -224,6 +254,67 @@ class DecisionService:
                 order_ttl_s=self._settings.order_ttl_s * self._clock.speed,
                 margin_free=None if snapshot is None else snapshot.margin_free,
             )
+        await self._after(signal, outcome)
+
+    async def decide_scan(self, signals: Sequence[Signal], report: ScanReport | None = None, delivery: Delivery | None = None) -> None:
+        """Decide a window's signals, each account's together in one transaction (accounts side by side on
+        PostgreSQL), the same decisions as one at a time in the order given; kick the outbox once with every intent,
+        then log the report's scan lines. An account that fails is retried with the message (the accounts that
+        committed find their decisions again); the intents that committed go out first."""
+        by_account: dict[int, list[Signal]] = {}
+        for signal in signals:
+            by_account.setdefault(signal.account_id, []).append(signal)
+        if self._sqlite or len(by_account) == 1:
+            results = []
+            for group in by_account.values():
+                try:
+                    results.append(await self._decide_account(group))
+                except Exception as exc:  # noqa: BLE001  raised below, once the other accounts are decided
+                    results.append(exc)
+        else:
+            results = await asyncio.gather(*(self._decide_account(group) for group in by_account.values()), return_exceptions=True)
+        rows: list[Pending] = []
+        failures: list[BaseException] = []
+        refused: set[str] = set()
+        for group, outcomes in zip(by_account.values(), results, strict=True):
+            if isinstance(outcomes, BaseException):
+                failures.append(outcomes)
+                continue
+            for signal, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, InvalidMessage):
+                    signals_refused_total.labels(reason="invalid_signal").inc()
+                    log.warning("signal refused", signal_id=str(signal.signal_id), bot_id=signal.bot_id, reason=str(outcome))
+                    refused.add(str(signal.signal_id))
+                    continue
+                rows.extend(outcome.outbox)
+        if rows:
+            await self.outbox.kick(rows)  # every committed intent at once: one batch and its confirms per account
+        for group, outcomes in zip(by_account.values(), results, strict=True):
+            if isinstance(outcomes, BaseException):
+                continue
+            for signal, outcome in zip(group, outcomes, strict=True):
+                if not isinstance(outcome, InvalidMessage):
+                    await self._after(signal, outcome, kick=False)
+        if failures:
+            raise failures[0]
+        if report is not None:
+            await self.handle_scan_report(report, delivery, refused=frozenset(refused))
+
+    async def _decide_account(self, signals: list[Signal]) -> list[SignalOutcome | InvalidMessage]:
+        account_id = signals[0].account_id
+        async with self._account_lock(account_id), self._open_accounts, transaction(self._sessions) as session:
+            snapshot = self.snapshots.get(account_id)
+            return await decide_account(
+                session=session,
+                signals=signals,
+                now=self._clock.now(),
+                order_ttl_s=self._settings.order_ttl_s * self._clock.speed,
+                margin_free=None if snapshot is None else snapshot.margin_free,
+            )
+
+    async def _after(self, signal: Signal, outcome: SignalOutcome, *, kick: bool = True) -> None:
+        """What follows a committed decision: its intent kicked (unless the caller kicks a batch), metrics, tally, log."""
+        key = str(signal.signal_id)
         if not outcome.bot_found:
             log.info("signal for an unknown bot ignored", signal_id=key, bot_id=signal.bot_id, strategy=signal.strategy)
             return
@@ -231,7 +322,7 @@ class DecisionService:
             signals_ingested_total.labels(strategy=signal.strategy, symbol=canonical_symbol(signal.symbol)).inc()
         decision = outcome.decision
         self._tally(signal, outcome)
-        if outcome.outbox:
+        if kick and outcome.outbox:
             # The intent's outbox row committed with the decision; the relay publishes it now (a crash before it does
             # leaves the row, published at the next start). Before the log line and the metrics, not on the way.
             await self.outbox.kick(outcome.outbox)
@@ -288,12 +379,14 @@ class DecisionService:
                                   signals=signals, decisions=decisions, orders=orders))
         return lines
 
-    async def handle_scan_report(self, report: ScanReport, delivery: Delivery | None = None) -> None:
+    async def handle_scan_report(self, report: ScanReport, delivery: Delivery | None = None, *, refused: frozenset[str] = frozenset()) -> None:
+        """Log the report's scan lines once its signals are decided; `refused`: signal ids refused for good (never
+        decided), which are not waited for."""
         lines = self._lines_from_memory(report)
         if lines is None:
             async with self._sessions() as session:
                 lines = await scan_lines(session=session, report=report)
-        undecided = [s for line in lines for s in line.undecided]
+        undecided = [s for line in lines for s in line.undecided if s not in refused]
         if undecided:
             attempts = 1 if delivery is None else delivery.delivery_count
             if attempts < self._settings.delivery_limit:
@@ -303,7 +396,7 @@ class DecisionService:
             key = (str(report.window_id), line.bot)
             if key in self._logged:
                 continue
-            log.info(line.text(), **line.fields())
+            self._scan_log.line(line)
             self._logged[key] = None
             while len(self._logged) > LOGGED_LINES_KEPT:
                 self._logged.popitem(last=False)
@@ -313,6 +406,8 @@ class DecisionService:
             decision = await events.apply_execution_report(session=session, report=report, now=self._clock.now())
         if decision is None:
             log.warning("execution report for no decision of ours", client_order_id=report.client_order_id, account_id=report.account_id)
+        elif report.status == "filled":
+            self.alerts.emit(alerts.order_filled(decision, report))
 
     async def handle_position_event(self, event: PositionEvent, delivery: Delivery | None = None) -> None:
         async with transaction(self._sessions) as session:
@@ -321,6 +416,7 @@ class DecisionService:
             log.info("position event for no decision of ours", ticket=event.ticket, account_id=event.account_id, kind=event.kind)
             return
         if event.kind == "closed":
+            self.alerts.emit(alerts.position_closed(decision, event))
             await self.check_kill_switch(event.account_id, bot_ids=[decision.bot_id])
 
     async def handle_account_snapshot(self, snapshot: AccountSnapshot, delivery: Delivery | None = None) -> None:
@@ -361,6 +457,7 @@ class DecisionService:
         for bot, _ in tripped:
             kill_switch_trips_total.inc()
             log.warning("kill switch tripped", bot_id=bot.id, account_id=account_id, reason=bot.status_reason)
+            self.alerts.emit(alerts.kill_switch(bot))
         await self.send_committed(rows)
         await self.refresh_plan_quietly()
         return [bot.id for bot, _ in tripped]

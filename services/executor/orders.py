@@ -15,7 +15,7 @@ from services.executor.state import ExecutorState
 from shared.bus import topology
 from shared.bus.base import TransientError
 from shared.db.engine import transaction
-from shared.db.models import Order, Position
+from shared.db.models import Order
 from shared.messages import InvalidMessage, OrderIntent
 from shared.sanity import market_order_problem
 from shared.metrics import executor_state_conflicts_total, fills_total, orders_placed_total, signal_to_order_seconds
@@ -197,16 +197,12 @@ async def record(ex: ExecutorState, order: Order, result: PlaceResult) -> None:
     for closed in result.closed:
         ex.pending_closes.append((ex.session_accounts[order.account_id], closed))
     async with transaction(ex.sessions) as session:
-        row = await session.get(Order, order.id)
-        if row.status in store.FINAL_ORDER_STATUSES:
-            return
-        row.status = result.status
-        row.ticket = result.ticket
-        row.price = result.price
-        row.filled_volume = result.volume
-        row.retcode = result.retcode
-        row.reason = result.reason[:300]
-        row.updated_at = at
+        row = await store.record_answer(session=session, order_id=order.id, values={
+            "status": result.status, "ticket": result.ticket, "price": result.price, "filled_volume": result.volume,
+            "retcode": result.retcode, "reason": result.reason[:300], "updated_at": at,
+        })
+        if row is None:
+            return  # final already (another delivery recorded it)
         if result.status == "filled":
             position = result.position
             if position is None and not result.closed:
@@ -216,15 +212,16 @@ async def record(ex: ExecutorState, order: Order, result: PlaceResult) -> None:
     orders_placed_total.labels(status=result.status).inc()
     if result.status == "filled":
         fills_total.labels(symbol=order.symbol).inc()
-        ex.log.info("order filled", client_order_id=order.client_order_id, ticket=result.ticket, price=result.price, volume=result.volume)
+        ex.log.info("order filled", bot=order.bot_id, symbol=order.symbol, side=order.side, volume=result.volume, price=result.price,
+                    ticket=result.ticket, client_order_id=order.client_order_id)
     else:
         ex.log.warning("order not filled", client_order_id=order.client_order_id, status=result.status, retcode=result.retcode, reason=result.reason)
     await publish_outcome(ex, order.id)
     await events.flush_closes(ex)
 
 
-async def upsert_position(ex: ExecutorState, session: AsyncSession, *, order: Order, position: BrokerPosition) -> None:
-    row = await store.get_position(session=session, account_ids=[order.account_id], ticket=position.ticket)
+async def upsert_position(ex: ExecutorState, session: AsyncSession, *, order, position: BrokerPosition) -> None:
+    row = await store.position_row(session=session, account_id=order.account_id, ticket=position.ticket)
     if row is not None and (row.status != "open" or (row.client_order_id != order.client_order_id and not ex.nets(order.account_id))):
         # The broker names a ticket the tables already hold for something else: never overwrite it, never drop it
         # in silence. The order stays filled (the broker did fill it); a person must look.
@@ -237,42 +234,33 @@ async def upsert_position(ex: ExecutorState, session: AsyncSession, *, order: Or
         )
         return
     if row is None:
-        session.add(
-            Position(
-                ticket=position.ticket,
-                account_id=order.account_id,
-                bot_id=order.bot_id,
-                client_order_id=order.client_order_id,
-                symbol=order.symbol,
-                side=position.side,
-                volume=position.volume,
-                open_price=position.open_price,
-                sl=position.sl,
-                tp=position.tp,
-                opened_at=position.opened_at,
-            )
-        )
+        await store.insert_position(session=session, values={
+            "ticket": position.ticket, "account_id": order.account_id, "bot_id": order.bot_id,
+            "client_order_id": order.client_order_id, "symbol": order.symbol, "side": position.side,
+            "volume": position.volume, "open_price": position.open_price, "sl": position.sl, "tp": position.tp,
+            "opened_at": position.opened_at, "status": "open", "external": False, "close_event_sent": False,
+        })
     elif row.status == "open":
         # Netting: the deal added to an open position (volume-weighted price, the new stops).
-        row.volume, row.open_price, row.sl, row.tp = position.volume, position.open_price, position.sl, position.tp
+        await store.net_position(session=session, position_id=row.id, volume=position.volume, open_price=position.open_price,
+                                 sl=position.sl, tp=position.tp)
 
 
 async def publish_outcome(ex: ExecutorState, order_id: int) -> None:
     """Publish the order's ExecutionReport (every time asked: a re-delivered intent gets the same report again)
     and, the first time, the PositionEvent `opened` of a fill; then note that the report went out."""
     async with ex.sessions() as session:
-        order = await session.get(Order, order_id)
+        order = await store.order_row(session=session, order_id=order_id)
         position = None
         if order.status == "filled" and not order.report_sent and order.ticket is not None:
-            position = await store.get_position(session=session, account_ids=[order.account_id], ticket=order.ticket)
+            position = await store.position_row(session=session, account_id=order.account_id, ticket=order.ticket)
     events.enqueue(ex, topology.report_key(order.account_id), store.execution_report(order))
     if position is not None:
         events.enqueue(ex, topology.position_key(order.account_id), store.position_event(position, kind="opened", at=position.opened_at))
     await events.drain(ex)
     if not order.report_sent:
         async with transaction(ex.sessions) as session:
-            row = await session.get(Order, order_id)
-            row.report_sent = True
+            await store.mark_report_sent(session=session, order_id=order_id)
 
 
 async def settle_without_sending(ex: ExecutorState) -> None:

@@ -61,6 +61,50 @@ async def unsettled_orders(
     return list((await session.execute(stmt.order_by(Order.id))).scalars())
 
 
+# The statements of every broker answer, built once: Core rows, not ORM objects (the unit of work's objects and flush
+# cost more than the statements on the order path).
+_POSITIONS = Order.__table__.metadata.tables["positions"]
+_ORDER_BY_ID = select(_ORDERS).where(_ORDERS.c.id == bindparam("order_id"))
+_RECORD_ANSWER = (
+    _ORDERS.update()
+    .where(_ORDERS.c.id == bindparam("order_id"), _ORDERS.c.status.not_in(sorted(FINAL_ORDER_STATUSES)))
+    .values(status=bindparam("status"), ticket=bindparam("ticket"), price=bindparam("price"), filled_volume=bindparam("filled_volume"),
+            retcode=bindparam("retcode"), reason=bindparam("reason"), updated_at=bindparam("updated_at"))
+    .returning(*_ORDERS.c)
+)
+_REPORT_SENT = _ORDERS.update().where(_ORDERS.c.id == bindparam("order_id")).values(report_sent=True)
+_POSITION_BY_TICKET = select(_POSITIONS).where(_POSITIONS.c.account_id == bindparam("account_id"), _POSITIONS.c.ticket == bindparam("ticket"))
+_INSERT_POSITION = _POSITIONS.insert()
+_NET_POSITION = _POSITIONS.update().where(_POSITIONS.c.id == bindparam("position_id")).values(
+    volume=bindparam("volume"), open_price=bindparam("open_price"), sl=bindparam("sl"), tp=bindparam("tp"))
+
+
+async def order_row(*, session: AsyncSession, order_id: int) -> Row | None:
+    return (await (await session.connection()).execute(_ORDER_BY_ID, {"order_id": order_id})).first()
+
+
+async def record_answer(*, session: AsyncSession, order_id: int, values: dict) -> Row | None:
+    """Write the broker's answer on an order not yet final, in one UPDATE; its row after, or None when it was final."""
+    return (await (await session.connection()).execute(_RECORD_ANSWER, {"order_id": order_id, **values})).first()
+
+
+async def mark_report_sent(*, session: AsyncSession, order_id: int) -> None:
+    await (await session.connection()).execute(_REPORT_SENT, {"order_id": order_id})
+
+
+async def position_row(*, session: AsyncSession, account_id: int, ticket: int) -> Row | None:
+    return (await (await session.connection()).execute(_POSITION_BY_TICKET, {"account_id": account_id, "ticket": ticket})).first()
+
+
+async def insert_position(*, session: AsyncSession, values: dict) -> None:
+    await (await session.connection()).execute(_INSERT_POSITION, values)
+
+
+async def net_position(*, session: AsyncSession, position_id: int, volume: float, open_price: float, sl, tp) -> None:
+    await (await session.connection()).execute(
+        _NET_POSITION, {"position_id": position_id, "volume": volume, "open_price": open_price, "sl": sl, "tp": tp})
+
+
 async def get_position(*, session: AsyncSession, account_ids: Iterable[int], ticket: int) -> Position | None:
     stmt = select(Position).where(Position.account_id.in_(list(account_ids)), Position.ticket == ticket)
     return (await session.execute(stmt)).scalars().first()

@@ -16,7 +16,7 @@ from shared.calibration import load as load_calibration
 from shared.costs import spread_points_of
 from shared.bus.base import Bus, Consumer, Delivery, Outgoing
 from shared.logging import get_logger
-from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, Signal, StrategyConfig, signal_id_for
+from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, ScanResult, Signal, StrategyConfig, signal_id_for
 from shared.settings import Settings
 from shared.strategies.base import EvalContext, Match, WindowCache
 from shared.strategies.catalog import CATALOG, Catalog, InvalidParams
@@ -235,9 +235,7 @@ class StrategyWorker:
         if not isinstance(message, BarWindow):
             raise InvalidMessage(f"strategy.bars carries BarWindow messages, not {type(message).__name__}")
         signals, report = await self.handle_window(message)
-        # Signals first, then the report that lists them: decision may log the scan line once it has them all.
-        # A redelivered window republishes the same signal_ids; decision's unique keys drop the repeats.
-        signals_key = topology.signals_key(message.symbol)
-        batch = [Outgoing(signal, topology.STRATEGY_SIGNALS, signals_key) for signal in signals]
-        batch.append(Outgoing(report, topology.STRATEGY_SIGNALS, topology.scan_report_key(message.symbol)))
-        await self._bus.publish_many(batch)
+        # The window's signals and its report in one message: decision decides each account's signals of the window
+        # together. A redelivered window republishes the same signal_ids; decision's unique keys drop the repeats.
+        result = ScanResult(signals=tuple(signals), report=report, produced_at=report.produced_at)
+        await self._bus.publish_many([Outgoing(result, topology.STRATEGY_SIGNALS, topology.scan_report_key(message.symbol))])

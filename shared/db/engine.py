@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.db import sqlite
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+POOL_RECYCLE_S = 300  # a pooled PostgreSQL connection older than this is closed at checkout and replaced
 # The background checkpointer of each SQLite engine that has one (synchronous NORMAL, a file).
 CHECKPOINTERS: weakref.WeakKeyDictionary[AsyncEngine, sqlite.Checkpointer] = weakref.WeakKeyDictionary()
 
@@ -50,7 +51,10 @@ def create_engine(url: str, *, sqlite_synchronous: str = "normal") -> AsyncEngin
             event.listen(engine.sync_engine, "engine_disposed", lambda _engine: checkpointer.stop())
             CHECKPOINTERS[engine] = checkpointer
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # No ping on every checkout (a round trip before each transaction): connections are recycled before a server or
+    # proxy drops them for idling, and one dropped anyway (a database restart) fails its statement with a lost
+    # connection, which the handlers' Patience (shared/db/patience.py) retries on a fresh one, like any outage.
+    return create_async_engine(url, pool_recycle=POOL_RECYCLE_S, pool_size=10, max_overflow=10)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -34,6 +34,19 @@ class User(SQLModel, table=True):
     created_at: datetime = _time(default_factory=utcnow)
 
 
+class NotificationUrl(SQLModel, table=True):
+    """Where a user's alerts go: an apprise URL (Telegram, Discord, Slack, email, a JSON webhook...), sealed at rest
+    like the MT5 passwords: it carries the service's token (0007)."""
+
+    __tablename__ = "notification_urls"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    label: str = Field(default="", max_length=100)
+    scheme: str = Field(max_length=32, description="the URL's scheme (tgram, discord, json...), the one part shown back")
+    url_sealed: str = Field(sa_type=sa.Text, description="the URL, sealed with the install's secret key")
+    created_at: datetime = _time(default_factory=utcnow)
+
+
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
     id: int | None = Field(default=None, primary_key=True)

@@ -70,7 +70,7 @@ async def _rows(stack, model):
 async def test_signals_become_decisions_orders_and_positions_exactly_once(replay_stack, caplog):
     stack, clock = replay_stack
     configure_logging("text", "INFO")
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # a scan that found no signal logs its line at debug
     windows = await _drive(stack, clock, MINUTES)
 
     signals = await _rows(stack, SignalRow)
@@ -131,15 +131,15 @@ async def test_the_same_window_twice_makes_no_second_signal_or_order(replay_stac
 
 async def test_a_handler_that_fails_once_is_redelivered_and_succeeds(tmp_path, gold_file, monkeypatch):
     failures = []
-    original = DecisionService.handle_signal
+    original = DecisionService.decide_scan
 
-    async def fail_first_time(self, message, delivery=None):
-        if not failures:
-            failures.append(message.signal_id)
+    async def fail_first_time(self, signals, report=None, delivery=None):
+        if signals and not failures:  # the first window with signals: its ScanResult fails once
+            failures.append(signals[0].signal_id)
             raise ConnectionError("database briefly unreachable")
-        return await original(self, message, delivery)
+        return await original(self, signals, report, delivery)
 
-    monkeypatch.setattr(DecisionService, "handle_signal", fail_first_time)
+    monkeypatch.setattr(DecisionService, "decide_scan", fail_first_time)
     feed = ReplayFeed(gold_file, "XAUUSD")
     clock = ManualClock(feed.start_time() + timedelta(seconds=1))
     stack = EmbeddedStack(_settings(tmp_path, f"replay:{gold_file}"), feed=feed, clock=clock)

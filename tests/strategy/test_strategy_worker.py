@@ -21,6 +21,7 @@ from shared.messages import (
     InvalidMessage,
     Message,
     ScanReport,
+    ScanResult,
     Signal,
     StrategyConfig,
     Subscription,
@@ -273,7 +274,7 @@ class FakeBus:
         return consumer
 
 
-async def test_the_worker_consumes_strategy_bars_and_publishes_signals_then_the_report(worker):
+async def test_the_worker_consumes_strategy_bars_and_publishes_the_windows_signals_with_its_report(worker):
     bus = worker._bus
     await worker.start()
     [(spec, handler, prefetch, consumer)] = bus.consumers
@@ -283,21 +284,17 @@ async def test_the_worker_consumes_strategy_bars_and_publishes_signals_then_the_
     window = window_of(sub(1, ("counting", {})), sub(2, ("counting", {})), symbol="XAUUSD")
     await handler(window, Delivery(message=window, exchange=topology.MARKET_BARS, routing_key="bars.1m.XAUUSD"))
     kinds = [(type(m).__name__, exchange, key) for m, exchange, key in bus.published]
-    assert kinds == [
-        ("Signal", "strategy.signals", "signals.XAUUSD"),
-        ("Signal", "strategy.signals", "signals.XAUUSD"),
-        ("ScanReport", "strategy.signals", "scan.XAUUSD"),
-    ]
-    assert bus.batches == [3]  # one batch: its confirms are awaited together
-    report = bus.published[-1][0]
-    published_ids = [m.signal_id for m, _, _ in bus.published if isinstance(m, Signal)]
-    assert [sid for bot in report.bots for sid in bot.signal_ids] == published_ids
+    assert kinds == [("ScanResult", "strategy.signals", "scan.XAUUSD")]  # one message: decision takes the window at once
+    result = bus.published[0][0]
+    assert [s.bot_id for s in result.signals] == [1, 2]
+    assert [sid for bot in result.report.bots for sid in bot.signal_ids] == [s.signal_id for s in result.signals]
+    assert result.report.window_id == window.message_id
 
     await worker.stop()
     assert consumer.cancelled
 
 
-async def test_over_the_in_memory_bus_the_signals_reach_decision_before_their_report(calls):
+async def test_over_the_in_memory_bus_a_windows_signals_reach_decision_with_their_report(calls):
     bus = InMemoryBus()
     await bus.start()
     catalog = Catalog([counting_strategy(calls)])
@@ -311,11 +308,12 @@ async def test_over_the_in_memory_bus_the_signals_reach_decision_before_their_re
     await bus.consume(topology.DECISION_SIGNALS, record)
     window = window_of(sub(1, ("counting", {})), sub(2, ("counting", {})), sub(3, ("counting", {"threshold": 0.9})))
     await bus.publish(window, exchange=topology.MARKET_BARS, routing_key=topology.bars_key("1m", "XAUUSD"))
-    await eventually(lambda: len(received) == 4, what="three signals and the report")
+    await eventually(lambda: len(received) == 1, what="the window's result")
     await bus.close()
-    assert [type(m).__name__ for m in received] == ["Signal", "Signal", "Signal", "ScanReport"]
-    assert [s.bot_id for s in received[:3]] == [1, 2, 3]
-    assert [sid for bot in received[3].bots for sid in bot.signal_ids] == [s.signal_id for s in received[:3]]
+    [result] = received
+    assert isinstance(result, ScanResult)
+    assert [s.bot_id for s in result.signals] == [1, 2, 3]
+    assert [sid for bot in result.report.bots for sid in bot.signal_ids] == [s.signal_id for s in result.signals]
 
 
 async def test_the_next_window_is_evaluated_while_the_last_ones_publishes_wait_for_the_broker(calls):
@@ -341,8 +339,8 @@ async def test_the_next_window_is_evaluated_while_the_last_ones_publishes_wait_f
     reports: list[ScanReport] = []
 
     async def record(message: Message, delivery: Delivery) -> None:
-        if isinstance(message, ScanReport):
-            reports.append(message)
+        if isinstance(message, ScanResult):
+            reports.append(message.report)
 
     await bus.consume(topology.DECISION_SIGNALS, record)
     first, second = window_of(sub(1, ("counting", {}))), window_of(sub(2, ("counting", {})), symbol="EURUSD")

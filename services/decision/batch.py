@@ -1,0 +1,265 @@
+"""A scan's signals for one account decided together: the same decisions as one at a time, in a few set-based
+statements in one transaction.
+
+`decide_account` takes the signals of one window for one account, in the order the strategy worker produced them,
+and gives each the outcome `decisions.handle_signal` would have given it had they been handled one after the other in
+that order: the bots read and the account row locked in one query; the signals inserted in one INSERT .. ON CONFLICT
+DO NOTHING RETURNING; repeats and their decisions looked up in one query each; one exposure read, which each next
+signal sees grown by the decisions made before it in the batch (the rows the one-at-a-time read would have found);
+then the decisions in one multi-row INSERT RETURNING id, the opened ones' order columns in one executemany UPDATE,
+the audit rows in one INSERT and the order intents in one outbox INSERT. The caller holds the account's lock and
+commits once. Core statements only: no ORM objects on the hot path.
+
+A signal that can never be decided (another account's bot, another symbol) is refused alone: its outcome is the
+InvalidMessage, which the caller logs and counts; the batch's other signals are decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+
+from sqlalchemy import bindparam, select
+
+from services.decision import audit
+from services.decision.decisions import (
+    _ACCOUNTS,
+    _BOTS,
+    _EXPOSURE_COLUMNS,
+    _INSERT_SIGNAL,
+    _OPEN_DECISION,
+    Decided,
+    SignalOutcome,
+    _signal_values,
+    decision_audit,
+    decision_values,
+    exposure_from_rows,
+    exposure_where,
+    open_values,
+    order_intent_for,
+    risk_result,
+    signal_audit,
+    strategy_exit_for,
+)
+from shared import outbox
+from shared.bus import topology
+from shared.bus.base import TransientError
+from shared.db.models import Decision, SignalRow
+from shared.messages import InvalidMessage, Signal
+from shared.settings import get_settings
+from shared.symbols import canonical_symbol
+from shared.timeutil import broker_day_start
+
+_SIGNALS, _DECISIONS = SignalRow.__table__, Decision.__table__
+
+_BOTS_AND_ACCOUNTS = (
+    select(*(c.label(f"bot_{c.name}") for c in _BOTS.c), *(c.label(f"account_{c.name}") for c in _ACCOUNTS.c))
+    .join_from(_BOTS, _ACCOUNTS, _ACCOUNTS.c.id == _BOTS.c.account_id)
+    .where(_BOTS.c.id.in_(bindparam("bot_ids", expanding=True)))
+    .order_by(_ACCOUNTS.c.id)  # accounts locked in one order, whatever the batch
+    .with_for_update(of=_ACCOUNTS)
+)
+# Rows a new signal may have met: by id, or by its dedupe key (same bots and bar times; matched in Python).
+_STORED = select(
+    _SIGNALS.c.signal_id, _SIGNALS.c.bot_id, _SIGNALS.c.symbol, _SIGNALS.c.strategy, _SIGNALS.c.timeframe, _SIGNALS.c.bar_time,
+    _SIGNALS.c.entry,
+).where(
+    _SIGNALS.c.signal_id.in_(bindparam("signal_ids", expanding=True))
+    | (_SIGNALS.c.bot_id.in_(bindparam("bot_ids", expanding=True)) & _SIGNALS.c.bar_time.in_(bindparam("bar_times", expanding=True)))
+)
+_DECIDED = select(_DECISIONS).where(_DECISIONS.c.signal_id.in_(bindparam("signal_ids", expanding=True)))
+_EXPOSURE_MANY = select(*_EXPOSURE_COLUMNS).outerjoin(SignalRow, SignalRow.signal_id == Decision.signal_id).where(
+    exposure_where(bots=Decision.bot_id.in_(bindparam("bot_ids", expanding=True)))
+)
+# One multi-row INSERT; the ids come back in the order of the rows given.
+_INSERT_DECISIONS = _DECISIONS.insert().returning(_DECISIONS.c.id, sort_by_parameter_order=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _ExposureRow:
+    """A decision this batch made, as the exposure query would read it back (an `open`, sent, its position open)."""
+
+    bot_id: int
+    symbol: str
+    side: str | None
+    volume: float | None
+    order_status: str
+    created_at: datetime
+    open: bool
+    entry: float | None
+
+
+def _key(bot_id: int, symbol: str, strategy: str, timeframe: str, bar_time: datetime) -> tuple:
+    return (bot_id, symbol, strategy, timeframe, bar_time)
+
+
+def _signal_key(signal: Signal) -> tuple:
+    return _key(signal.bot_id, signal.symbol, signal.strategy, signal.timeframe, signal.bar_time)
+
+
+async def decide_account(
+    *, session, signals: Sequence[Signal], now: datetime, order_ttl_s: float, margin_free: float | None = None,
+    max_stop_atr: float | None = None,
+) -> list[SignalOutcome | InvalidMessage]:
+    """Each signal's outcome, in order, as if handled one at a time in this order (see the module's docstring)."""
+    connection = await session.connection()
+    dialect = session.get_bind().dialect.name
+    found = (await connection.execute(_BOTS_AND_ACCOUNTS, {"bot_ids": sorted({s.bot_id for s in signals})})).all()
+    bots: dict[int, tuple[SimpleNamespace, SimpleNamespace]] = {}
+    for row in found:
+        values = row._mapping
+        bots[values["bot_id"]] = (
+            SimpleNamespace(**{c.name: values[f"bot_{c.name}"] for c in _BOTS.c}),
+            SimpleNamespace(**{c.name: values[f"account_{c.name}"] for c in _ACCOUNTS.c}),
+        )
+
+    outcomes: list[SignalOutcome | InvalidMessage | None] = [None] * len(signals)
+    valid: list[int] = []  # positions in `signals` of the signals to store and decide
+    for i, signal in enumerate(signals):
+        if signal.bot_id not in bots:
+            outcomes[i] = SignalOutcome(bot_found=False)
+            continue
+        bot, account = bots[signal.bot_id]
+        if signal.account_id != bot.account_id:
+            outcomes[i] = InvalidMessage(f"signal {signal.signal_id} names account {signal.account_id}, bot {bot.id} trades on {bot.account_id}")
+        elif canonical_symbol(signal.symbol, account.symbol_suffix) != canonical_symbol(bot.symbol, account.symbol_suffix):
+            outcomes[i] = InvalidMessage(f"signal {signal.signal_id} is for {signal.symbol}, bot {bot.id} trades {bot.symbol}")
+        else:
+            valid.append(i)
+    if not valid:
+        return outcomes  # type: ignore[return-value]
+    accounts = {bots[signals[i].bot_id][1].id for i in valid}
+    if len(accounts) != 1:
+        raise ValueError(f"decide_account takes one account's signals, not accounts {sorted(accounts)}")
+    account = bots[signals[valid[0]].bot_id][1]
+
+    # The signals' rows: the first of the batch with an id or dedupe key is inserted, a later one is its repeat.
+    first_by_id: dict[str, int] = {}
+    first_by_key: dict[tuple, int] = {}
+    to_insert: list[int] = []
+    repeat_of: dict[int, int] = {}  # batch position -> position of the earlier signal it repeats
+    for i in valid:
+        signal = signals[i]
+        sid, key = str(signal.signal_id), _signal_key(signal)
+        earlier = first_by_id.get(sid, first_by_key.get(key))
+        if earlier is not None:
+            repeat_of[i] = earlier
+            continue
+        first_by_id[sid], first_by_key[key] = i, i
+        to_insert.append(i)
+    inserted: set[str] = set()
+    if to_insert:
+        result = await connection.execute(_INSERT_SIGNAL[dialect], [_signal_values(signals[i], now) for i in to_insert])
+        inserted = set(result.scalars().all())
+
+    # Signals stored before this batch: the stored row's id (and entry, which the exposure of a decision reads).
+    stored_id: dict[int, str] = {}
+    stored_entry: dict[str, float | None] = {}
+    earlier_rows = [i for i in to_insert if str(signals[i].signal_id) not in inserted]
+    for i in to_insert:
+        if str(signals[i].signal_id) in inserted:
+            stored_id[i] = str(signals[i].signal_id)
+            stored_entry[stored_id[i]] = signals[i].entry
+    if earlier_rows:
+        params = {
+            "signal_ids": [str(signals[i].signal_id) for i in earlier_rows],
+            "bot_ids": sorted({signals[i].bot_id for i in earlier_rows}),
+            "bar_times": sorted({signals[i].bar_time for i in earlier_rows}),
+        }
+        by_id, by_key = {}, {}
+        for row in (await connection.execute(_STORED, params)).all():
+            by_id[row.signal_id] = row
+            by_key[_key(row.bot_id, row.symbol, row.strategy, row.timeframe, row.bar_time)] = row
+        for i in earlier_rows:
+            row = by_id.get(str(signals[i].signal_id)) or by_key.get(_signal_key(signals[i]))
+            if row is None:  # neither key matched yet the insert conflicted: a concurrent delete, retried by redelivery
+                raise TransientError(f"signal {signals[i].signal_id} conflicted with a row that is gone")
+            stored_id[i] = row.signal_id
+            stored_entry[row.signal_id] = row.entry
+    existing: dict[str, object] = {}
+    if earlier_rows:
+        ids = sorted({stored_id[i] for i in earlier_rows})
+        existing = {row.signal_id: row for row in (await connection.execute(_DECIDED, {"signal_ids": ids})).all()}
+
+    # Decide in order; a decision made here joins the exposure the next signals see.
+    day_start = broker_day_start(account.server_time, now)
+    exposure_rows = list((await connection.execute(_EXPOSURE_MANY, {
+        "account_id": account.id, "bot_ids": sorted({signals[i].bot_id for i in valid}), "day_start": day_start,
+    })).all())
+    max_stop_atr = get_settings().max_stop_atr if max_stop_atr is None else max_stop_atr  # SCALPER_MAX_STOP_ATR
+    made: list[tuple[int, dict, object]] = []  # (batch position, decision values, risk result)
+    decided: dict[str, object] = {}  # stored signal id -> decision values made in this batch (a later repeat's)
+    for i in valid:
+        signal = signals[i]
+        bot = bots[signal.bot_id][0]
+        if i in repeat_of:
+            continue  # answered below, once the decision it repeats has its id
+        signal_id = stored_id[i]
+        if signal_id in existing:
+            continue
+        rows = [r for r in exposure_rows if r.open or (r.bot_id == bot.id and r.created_at >= day_start)]
+        exposure = exposure_from_rows(rows, bot=bot, account=account, day_start=day_start, margin_free=margin_free)
+        result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
+        values = decision_values(signal_id=signal_id, bot=bot, account=account, result=result, now=now)
+        made.append((i, values, result))
+        decided[signal_id] = values
+        if result.action == "open":
+            exposure_rows.append(_ExposureRow(bot_id=bot.id, symbol=values["symbol"], side=values["side"], volume=values["volume"],
+                                              order_status="sent", created_at=now, open=True, entry=stored_entry.get(signal_id)))
+
+    if made:
+        ids = (await connection.execute(_INSERT_DECISIONS, [values for _, values, _ in made])).scalars().all()
+        opened = []
+        for (_, values, result), decision_id in zip(made, ids, strict=True):
+            values["id"] = decision_id
+            if result.action == "open":
+                open_values(values, decision_id=decision_id, now=now, order_ttl_s=order_ttl_s)
+                opened.append({"decision_id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}})
+        if opened:
+            await connection.execute(_OPEN_DECISION, opened)
+
+    # Every outcome, intents and audit rows in the order one-at-a-time handling would have written them.
+    fresh = {i: (values, result) for i, values, result in made}
+    entries: list[dict] = []
+    intents: list[tuple[int, object]] = []
+    for i in valid:
+        signal = signals[i]
+        bot = bots[signal.bot_id][0]
+        if i in fresh:
+            values, result = fresh[i]
+            decision = Decided(**values)
+            intent = (order_intent_for(decision, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
+                      if result.action == "open" else None)
+            if i not in repeat_of and stored_id[i] in inserted:
+                entries.append(signal_audit(signal=signal, now=now, user_id=bot.user_id))
+            entries.append(decision_audit(decision=decision, result=result, user_id=bot.user_id, now=now, sent=intent is not None))
+            outcomes[i] = SignalOutcome(bot_found=True, signal_new=stored_id[i] in inserted, decision=decision, decision_new=True,
+                                        intent=intent)
+            if intent is not None:
+                intents.append((i, intent))
+            continue
+        first = repeat_of.get(i)
+        signal_id = stored_id[first] if first is not None else stored_id[i]
+        decision = Decided(**decided[signal_id]) if signal_id in decided else existing[signal_id]
+        if decision.action == "open" and decision.order_status == "sent":
+            # Not answered yet: the same intent again (same message id), as handle_signal sends it for a repeat.
+            intent = order_intent_for(decision, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
+            outcomes[i] = SignalOutcome(bot_found=True, signal_new=False, decision=decision, intent=intent)
+            intents.append((i, intent))
+        else:
+            outcomes[i] = SignalOutcome(bot_found=True, signal_new=False, decision=decision)
+    await audit.write(session=session, entries=entries)
+    if intents:
+        rows = await outbox.enqueue_many(session=session, items=[
+            (intent, topology.EXECUTION_ORDERS, str(intent.account_id)) for _, intent in intents
+        ])
+        for (i, _), row in zip(intents, rows, strict=True):
+            outcomes[i] = _with_outbox(outcomes[i], row)
+    return outcomes  # type: ignore[return-value]
+
+
+def _with_outbox(outcome: SignalOutcome, row: outbox.Pending) -> SignalOutcome:
+    return SignalOutcome(bot_found=outcome.bot_found, signal_new=outcome.signal_new, decision=outcome.decision,
+                         decision_new=outcome.decision_new, intent=outcome.intent, outbox=(row,))
