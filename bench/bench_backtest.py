@@ -293,7 +293,7 @@ def main() -> int:
                   "" if bt_fresh is None else f"{fresh[2] / bt_fresh[2]:.2f}x", "<= 250 MiB")
     table.add_row("  of which: interpreter + imports (`import scalper.cli, scalper.commands.backtest`) / load_m1 of the CSV",
                   f"{imports[0]:.2f} s ({imports[2]:.0f} MiB) / {load_s:.2f} s", "", "", "")
-    from_arrays = sum(result.scan.from_arrays.values())
+    from_arrays = sum(getattr(result.scan, "from_arrays", {}).values())  # 0 on a backtester without arrays
     table.add_row("  signals from arrays / windows evaluate judged / signals / trades",
                   f"{from_arrays:,} / {evaluated:,} / {len(result.signals):,} / {len(result.trades):,}", "", "", "")
     table.add_row(f"all {n_strat} scalper strategies on one live window ({live['lookback']} bars)", f"{live['evaluate_all_us']:.1f} µs", "", "", "")

@@ -11,10 +11,11 @@ from typing import Any
 def dumps_document(doc: dict[str, Any]) -> str:
     if not doc:
         return "{}"
+    line = json.JSONEncoder(separators=(", ", ": ")).encode  # one encoder for every item (json.dumps makes one a call)
     parts = []
     for key, value in doc.items():
         if isinstance(value, list) and value:
-            body = ",\n".join("    " + json.dumps(item, separators=(", ", ": ")) for item in value)
+            body = ",\n".join("    " + line(item) for item in value)
             text = "[\n" + body + "\n  ]"
         else:
             text = json.dumps(value, indent=2).replace("\n", "\n  ")

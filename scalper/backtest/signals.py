@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as dtime
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from shared.strategies.base import EvalContext, Match, StrategyDef, WindowCache
 from shared.strategies.catalog import CATALOG, MIN_LOOKBACK, Catalog
 from shared.strategies.over_history import HistorySignals, for_strategy
 from shared.symbols import SymbolSpec
-from shared.timeutil import from_epoch, server_offset
+from shared.timeutil import from_epoch, nth_sunday, server_offset
 
 # services/market_data/service.py: the levels are computed from the last 5 days of M1 bars up to the window's newest
 # bar. Kept equal here so a backtest's levels are the live ones even where the history is short.
@@ -70,20 +72,53 @@ class _Resolved:
     params: BaseModel
 
 
+def _us_dst_offset(x: np.ndarray) -> np.ndarray:
+    """shared.timeutil.server_offset("us_dst", x) in seconds, element by element: UTC+3 from the second Sunday of
+    March 07:00 UTC to the first Sunday of November 06:00 UTC of x's year, else UTC+2 (the same comparisons)."""
+    first, last = from_epoch(int(x.min())).year - 1, from_epoch(int(x.max())).year + 1
+    bounds = []
+    for year in range(first, last + 1):
+        bounds.append(int(datetime.combine(nth_sunday(year, 3, 2), dtime(), UTC).timestamp()) + 7 * 3600)
+        bounds.append(int(datetime.combine(nth_sunday(year, 11, 1), dtime(), UTC).timestamp()) + 6 * 3600)
+    inside = np.searchsorted(np.array(bounds, np.int64), x, side="right") % 2 == 1  # start <= x < end
+    return np.where(inside, 3 * 3600, 2 * 3600)
+
+
+def _us_dst_day_starts(at: np.ndarray) -> np.ndarray:
+    """shared.levels.trading_day_start(at, "us_dst") element by element: broker_day_start, then a Saturday, Sunday
+    or Monday folded to Saturday 00:00 server time, each step with timeutil's own conversions."""
+    def to_utc(wall: np.ndarray) -> np.ndarray:  # timeutil.server_to_utc
+        return wall - _us_dst_offset(wall - _us_dst_offset(wall))
+
+    start = to_utc((at + _us_dst_offset(at)) // 86_400 * 86_400)
+    day = (start + _us_dst_offset(start)) // 86_400
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    fold = (weekday >= 5) | (weekday == 0)
+    return np.where(fold, to_utc((day - (weekday - 5) % 7) * 86_400), start)
+
+
 def day_keys(times: np.ndarray, server_time: str = "utc") -> np.ndarray:
-    """trading_day_start (epoch) of every bar: vectorised for a fixed-offset clock, else once per distinct hour."""
+    """trading_day_start (epoch) of every bar: vectorised for a fixed-offset clock and for us_dst (at each bar's
+    hour, as the general path), else once per distinct hour."""
     if len(times) == 0:
         return times
-    if server_time.strip().lower() != "us_dst":
-        try:
-            offset = int(server_offset(server_time, from_epoch(0)).total_seconds())
-        except ValueError:
-            offset = None
-        if offset is not None:
-            day = (times + offset) // 86_400
-            weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-            folded = np.where((weekday >= 5) | (weekday == 0), day - (weekday - 5) % 7, day)  # Sat, Sun, Mon -> Sat
-            return folded * 86_400 - offset
+    rule = server_time.strip().lower()
+    if rule == "us_dst":
+        return _us_dst_day_starts(times // 3600 * 3600)
+    try:
+        offset = int(server_offset(server_time, from_epoch(0)).total_seconds())
+    except ValueError:
+        offset = None
+    if offset is not None:
+        day = (times + offset) // 86_400
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        folded = np.where((weekday >= 5) | (weekday == 0), day - (weekday - 5) % 7, day)  # Sat, Sun, Mon -> Sat
+        return folded * 86_400 - offset
+    return day_keys_by_hour(times, server_time)
+
+
+def day_keys_by_hour(times: np.ndarray, server_time: str) -> np.ndarray:
+    """trading_day_start itself once per distinct hour (the definition the vectorised paths are tested against)."""
     hours, inverse = np.unique(times // 3600, return_inverse=True)
     starts = np.array([int(trading_day_start(from_epoch(int(h) * 3600), server_time).timestamp()) for h in hours], np.int64)
     return starts[inverse]

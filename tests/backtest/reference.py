@@ -1,14 +1,15 @@
 """The recorded reference run (tests/backtest/fixtures/reference_trades.json): every trade of `scalper backtest
 --server-time utc` with default options on both shipped files, and a digest of the year benchmark's trades
-(bench/yeardata.py), recorded once from the backtester before its array rewrite (issue 18). A change that alters a
-rule re-records it (`python -m tests.backtest.reference`) and says why in its commit.
+(bench/yeardata.py), first recorded from main before the array rewrite (issue 18). A change that alters a rule
+re-records it (`python -m tests.backtest.reference`) and says why in its commit.
 
 Re-recorded once since: issue 19's rules (range_reversion's invalidation exit, the stop-to-spread gate
 `min_stop_spread_ratio` = 3, the bar's spread now among the signal's features so `max_spread_pips` applies) change
 trades by design. Before re-recording, the array backtester with those rules switched off
 (`SCALPER_EXIT_ON_INVALIDATION=false`, `--min-stop-spread-ratio 0`) reproduced the first recording exactly: every
-trade of both files and the year's digest. The year is now built from the gold file read in its inferred clock
-(us_dst, issue 17), as bench/bench_backtest.py builds it.
+trade of both files and the year's digest; and main's own code without the arrays, run in a separate checkout,
+records the same file as the array backtester does. The year is now built from the gold file read in its inferred
+clock (us_dst, issue 17), as bench/bench_backtest.py builds it.
 
 A trade is kept to the cent: [strategy, side, opened_at, closed_at, entry, exit, sl, tp, volume, reason, pnl].
 """
