@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Bot, Decision, SignalRow
+from shared.metrics import scan_lines_total
 from shared.messages import ScanReport
 
 
@@ -108,6 +109,7 @@ class ScanLog:
 
     def line(self, line: ScanLine) -> None:
         (self._log.info if line.signals else self._log.debug)(line.text(), **line.fields())
+        scan_lines_total.labels(found="signal" if line.signals else "none").inc()
         tally = self._tally.setdefault(line.symbol, [0, 0, 0, 0])
         tally[0] += 1
         tally[1] += line.signals

@@ -52,3 +52,17 @@ def test_quiet_scans_go_to_debug_and_a_summary_line_comes_once_a_minute():
         now.t = 80.0
         scan_log.line(_line(1, "XAUUSDm"))
     assert not [e for e in later if e["event"].startswith("[ScalperSummary]")]
+
+
+def test_every_scan_line_is_counted_whatever_its_level():
+    from shared.metrics import scan_lines_total
+
+    def count(found: str) -> float:
+        return scan_lines_total.labels(found=found)._value.get()
+
+    before = count("signal"), count("none")
+    scan_log = ScanLog(get_logger("test.scan"), now=Ticks())
+    scan_log.line(_line(1, "XAUUSDm"))
+    scan_log.line(_line(1, "XAUUSDm"))
+    scan_log.line(_line(1, "XAUUSDm", signals=1))
+    assert (count("signal") - before[0], count("none") - before[1]) == (1, 2)
