@@ -427,7 +427,7 @@ def main() -> None:
         result = asyncio.run(embedded(gold, args.embedded_samples))
         STAGES.clear()
         rows.append(("embedded (in-memory bus + SQLite, 1 process)", result, 10.0))
-    print(f"\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")
+    print("\nBarWindow publish -> the order's broker call (distributed: the order recorded `sending` just before it), one fresh bot per sample")
     print(f"{'mode':<52} {'pace':<12} {'n':>4} {'missed':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'target p99':>10}")
     for name, result, target in rows:
         for pace, lat, missed in (("back-to-back", result["latencies"], result["missed"]), ("idle engine", result["idle"], result["idle_missed"])):

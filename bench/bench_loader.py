@@ -1,11 +1,18 @@
-"""M1 loader speed and memory: `load_m1` (detection, validation, UTC) beside pandas' plain `read_csv` on the same
-files in the same run: the gold file and one year of M1 (bench/yeardata.py). Run by `make bench`.
+"""M1 loader speed and memory: `load_m1` (format detection, line scan, time parsing, the broker's clock inferred and
+applied, price check) beside pandas' plain `read_csv` on the same files in the same run: the gold file, one year of M1
+and a ~200 MB file of 3.5 M rows (both chained from the gold file by bench/yeardata.py into a temporary folder, in the
+gold file's own broker time). Run by `make bench`.
 
-Each reader runs in its own fresh process; peak memory is tracemalloc's peak over one more read (numpy and pandas buffers are traced); times are the best of 3."""
+"Plain read_csv" is `pandas.read_csv(path)` with its default options: the C engine, the header, every column, the time
+column left as text (no date parsing, no validation). Each reader runs in fresh processes, alternating, so each
+figure is a median over processes that saw the same machine; a process's peak memory is its peak RSS (VmHWM, which
+unlike ru_maxrss is not inherited from this parent; interpreter and imports included: the idle figure is that of a
+process that imports both and reads nothing)."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,25 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHILD = r"""
-import sys, time, tracemalloc
+import sys, time
 sys.path.insert(0, sys.argv[3])
-import pandas, numpy
+import numpy, pandas
 from shared.loaders import load_m1
-path, which = sys.argv[1], sys.argv[2]
-best = 1e9
-for _ in range(3):
+path, which, reads = sys.argv[1], sys.argv[2], int(sys.argv[4])
+times, rows = [], 0
+for _ in range(reads):
     t = time.perf_counter()
-    rows = load_m1(path).rows if which == "ours" else len(pandas.read_csv(path))
-    best = min(best, time.perf_counter() - t)
-tracemalloc.start()
-load_m1(path) if which == "ours" else pandas.read_csv(path)
-peak = tracemalloc.get_traced_memory()[1]
-print(rows, best, peak / 2**20)
+    if which == "ours":
+        rows = load_m1(path).rows
+    elif which == "read_csv":
+        rows = len(pandas.read_csv(path))
+    times.append(time.perf_counter() - t)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(rows, min(times) if times else 0.0, peak_kb / 1024)
 """
 
+BIG_ROWS = 3_500_000
+YEAR_ROWS = 370_000
 
-def measure(path: Path, which: str) -> tuple[int, float, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, str(ROOT)], capture_output=True, text=True, check=True)
+
+def measure(path: Path, which: str, reads: int) -> tuple[int, float, float]:
+    """(rows, best seconds over `reads` reads in one fresh process, its peak RSS in MB)."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, str(ROOT), str(reads)],
+                         capture_output=True, text=True, check=True)
     rows, seconds, peak_mb = out.stdout.split()
     return int(rows), float(seconds), float(peak_mb)
 
@@ -50,18 +63,30 @@ def main() -> None:
     if not gold.is_file():
         print(f"skipped: {gold} is absent (set SCALPER_DATA_DIR)")
         return
-    table = Table(title="M1 loader: ours vs pandas.read_csv (best of 3, own process each)")
-    for name in ("file", "reader", "rows", "seconds", "rows/s", "peak MB (traced)"):
-        table.add_column(name, justify="right" if name not in ("file", "reader") else "left")
+    table = Table(title="M1 loader: load_m1 vs pandas' plain read_csv (fresh processes, alternating; medians)")
+    for name in ("file", "MB", "reader", "rows", "seconds", "rows/s", "time ratio", "peak RSS MB"):
+        table.add_column(name, justify="left" if name in ("file", "reader") else "right")
     with tempfile.TemporaryDirectory() as tmp:
-        year = Path(tmp) / "XAUUSD_year.csv"
-        write_mt5_rates_csv(chain(load_m1(gold).bars, 370_000), year)
-        for label, path in (("gold (63k)", gold), ("one year", year)):
-            for which in ("ours", "read_csv"):
-                rows, seconds, peak = measure(path, which)
-                table.add_row(label, "load_m1" if which == "ours" else "pandas.read_csv", f"{rows:,}", f"{seconds:.3f}",
-                              f"{rows / seconds:,.0f}", f"{peak:.0f}")
+        wall = load_m1(gold, server_time="utc").bars  # the gold file's own clock: the copies stay broker time
+        idle = measure(gold, "none", 0)[2]
+        files = [("gold", gold, 3, 3)]
+        for label, rows in (("one year", YEAR_ROWS), ("3.5 M rows", BIG_ROWS)):
+            path = Path(tmp) / f"XAUUSD_{rows}.csv"
+            write_mt5_rates_csv(chain(wall, rows), path)
+            files.append((label, path, 3, 3) if rows == YEAR_ROWS else (label, path, 3, 1))
+        for label, path, rounds, reads in files:
+            got: dict[str, list[tuple[int, float, float]]] = {"ours": [], "read_csv": []}
+            for _ in range(rounds):
+                for which in got:
+                    got[which].append(measure(path, which, reads))
+            medians = {w: (runs[0][0], statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs))
+                       for w, runs in got.items()}
+            base = medians["read_csv"][1]
+            for which, (rows, seconds, peak) in medians.items():
+                table.add_row(label, f"{path.stat().st_size / 2**20:.0f}", "load_m1" if which == "ours" else "pandas.read_csv",
+                              f"{rows:,}", f"{seconds:.3f}", f"{rows / seconds:,.0f}", f"{seconds / base:.2f}x", f"{peak:.0f}")
     Console().print(table)
+    print(f"idle process (python, numpy, pandas and shared.loaders imported, nothing read): {idle:.0f} MB RSS")
 
 
 if __name__ == "__main__":

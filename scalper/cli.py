@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
 from shared.settings import Settings
 
@@ -20,6 +20,8 @@ app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 app.add_typer(__import__("scalper.commands.data", fromlist=["data_app"]).data_app, name="data")  # scalper data check
 app.command("backtest")(__import__("scalper.commands.backtest", fromlist=["backtest"]).backtest)  # scalper backtest FILE
+app.command("calibrate")(__import__("scalper.commands.calibrate", fromlist=["calibrate"]).calibrate)  # scalper calibrate FILE...
+app.command("tune")(__import__("scalper.commands.tune", fromlist=["tune"]).tune)  # scalper tune FILE --strategy NAME
 app.command("serve")(__import__("scalper.commands.serve", fromlist=["serve"]).serve)  # distributed mode: one service per process
 app.add_typer(__import__("scalper.commands.sim", fromlist=["sim_app"]).sim_app, name="sim")  # scalper sim mt5: the simulator behind the mt5linux bridge
 
@@ -36,7 +38,9 @@ def run(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: SCALPER_PORT, 8000)")] = None,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     symbol: Annotated[str | None, typer.Option(help="symbol of a replay file, when its name does not say")] = None,
-    utc_offset: Annotated[float | None, typer.Option(help="hours the replay file's times are ahead of UTC")] = None,
+    utc_offset: Annotated[float | None, typer.Option(help="hours the replay file's times are ahead of UTC (default: inferred)")] = None,
+    server_time: Annotated[str | None, typer.Option("--server-time", help="the replay file's broker clock rule: utc, us_dst, +2 ...")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="IANA time zone of the replay file's times")] = None,
 ) -> None:
     """Run the whole stack in one process: in-memory bus, SQLite under var/, paper broker."""
     import uvicorn
@@ -49,7 +53,7 @@ def run(
     configure_logging(settings.log_format, settings.log_level)
     try:
         # The mt5 feed needs the stack's bus and clock: the stack makes it itself.
-        feed_in = None if settings.feed == "mt5" else make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset)
+        feed_in = None if settings.feed == "mt5" else make_feed(settings.feed, symbol=symbol, utc_offset=utc_offset, file_time=server_time, tz=tz)
         stack = EmbeddedStack(settings, feed=feed_in)
     except (FeedError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -126,13 +130,34 @@ def bot_setup(
     ] = None,
     strategies: Annotated[str | None, typer.Option(help="comma-separated; a new bot: every strategy of the engine unless given; an existing one: unchanged unless given")] = None,
     engine_mode: Annotated[str, typer.Option(help="scalper | harami")] = "scalper",
+    params: Annotated[Path | None, typer.Option("--params", help="JSON with `strategy_params` ({strategy: {param: value}}), e.g. `scalper tune --out`")] = None,
+    min_stop_spread_ratio: Annotated[float | None, typer.Option(help="refuse a stop closer than this many spreads (default 3)")] = None,
+    min_expected_r: Annotated[float | None, typer.Option(help="refuse a calibrated signal expecting less R net of costs (default 0)")] = None,
 ) -> None:
     """Create or update a scalper bot (upsert on user, account, symbol, engine) and print it as JSON; an existing bot
     changes only in the options given."""
+    from pydantic import ValidationError
+    from sqlalchemy import select  # here, not at the top: `scalper backtest` imports no database module
+
     from services.decision.bots import BotSetupError, setup_bot
+    from services.decision.schemas import BotUpdate
     from shared.db.models import BrokerAccount, User
 
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    strategy_params = None
+    if params is not None:
+        try:
+            doc = json.loads(params.read_text())
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--params {params}: {exc}") from None
+        strategy_params = doc.get("strategy_params") if isinstance(doc, dict) else None
+        if not isinstance(strategy_params, dict):
+            raise _fail(f"--params {params}: needs an object `strategy_params` of {{strategy: {{param: value}}}}")
+    given = {"min_stop_spread_ratio": min_stop_spread_ratio, "min_expected_r": min_expected_r}
+    try:  # the API's own validation of bot settings (PATCH /bots/{id})
+        settings = BotUpdate.model_validate({k: v for k, v in given.items() if v is not None}).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
 
     async def work(session):
         if (await session.get(User, user_id)) is None:
@@ -141,7 +166,8 @@ def bot_setup(
         if account is None or account.user_id != user_id:
             raise BotSetupError(f"account {account_id} does not exist for user {user_id}")
         bot = await setup_bot(
-            session=session, user_id=user_id, account_id=account_id, symbol=symbol, auto_trade=auto_trade, strategies=names, engine_mode=engine_mode
+            session=session, user_id=user_id, account_id=account_id, symbol=symbol, auto_trade=auto_trade, strategies=names, engine_mode=engine_mode,
+            strategy_params=strategy_params, settings=settings,
         )
         return bot.model_dump(mode="json")
 

@@ -16,9 +16,12 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import func, select, text
 
 from services.decision.admin import mount_admin
+from services.decision.alerts import Notifier
+from services.decision.alerts_api import attach as attach_alerts
 from services.decision.app import mount as mount_decision_api
 from services.decision.accounts import create_account, seal_clear_passwords
 from services.decision.bots import DEMO_USER, ensure_demo, setup_bot
+from services.decision.dashboard import mount_dashboard
 from services.decision.deps import current_user
 from services.decision.service import DecisionService
 from services.executor.build import build_executor
@@ -35,6 +38,7 @@ from shared.db.engine import create_engine, session_factory, transaction, upgrad
 from shared.db.patience import DatabasePatience
 from shared.secrets import key_for
 from shared.db.models import Bot, BrokerAccount, SignalRow, User
+from shared.apidocs import add_offline_docs, describe_routes
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes
 from shared.logging import get_logger
@@ -51,9 +55,10 @@ class FeedError(ValueError):
 
 
 def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None = None, bus: Bus | None = None,
-              clock: Clock | None = None, server_time: str = "utc"):
+              clock: Clock | None = None, server_time: str = "utc", file_time: str | None = None, tz: str | None = None):
     """`synthetic`, `replay:PATH` (the symbol from `symbol` or the file name, e.g. XAUUSD_M1.csv -> XAUUSD), or `mt5`
-    (the executors' terminal sessions over the rates RPC on `bus`: they alone hold the terminal)."""
+    (the executors' terminal sessions over the rates RPC on `bus`: they alone hold the terminal). A replay file's clock
+    is `utc_offset`, `file_time` (a server-time rule) or `tz` when given, else inferred from the file."""
     if feed == "synthetic":
         return SyntheticFeed()
     if feed.startswith("replay:"):
@@ -63,7 +68,7 @@ def make_feed(feed: str, *, symbol: str | None = None, utc_offset: float | None 
         name = symbol or symbol_from_filename(path)
         if not name:
             raise FeedError(f"cannot tell the symbol from the file name {path.name!r}: pass --symbol")
-        return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset)
+        return ReplayFeed(path, canonical_symbol(name), utc_offset_hours=utc_offset, server_time=file_time, tz=tz)
     if feed == "mt5":
         if bus is None or clock is None:
             raise FeedError("the mt5 feed reads the executors' MT5 sessions over the bus: it needs the bus and the clock")
@@ -100,6 +105,7 @@ class EmbeddedStack:
         self.decision: DecisionService | None = None
         self.executor: ExecutorService | None = None
         self.sampler: MetricsSampler | None = None
+        self.notifier: Notifier | None = None
 
     @property
     def clock(self) -> Clock:
@@ -121,6 +127,7 @@ class EmbeddedStack:
         self.executor = build_executor(settings=self.settings, bus=self.bus, sessions=self.sessions, clock=self.clock)
         self.decision = DecisionService(bus=self.bus, sessions=self.sessions, clock=self.clock, settings=self.settings,
                                         patience=DatabasePatience())
+        self.notifier = attach_alerts(self.decision, self.sessions)
         self.strategy = StrategyWorker(bus=self.bus, settings=self.settings)
         self.market_data = MarketDataService(bus=self.bus, feed=self.feed, clock=self.clock, settings=self.settings)
         # Downstream first, so nothing is published to a queue before its consumer exists.
@@ -157,6 +164,8 @@ class EmbeddedStack:
         for service in (self.market_data, self.strategy, self.decision, self.executor):
             if service is not None:
                 await service.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if isinstance(self.feed, MT5Feed):
             await self.feed.close()
         await self.bus.close()
@@ -179,6 +188,14 @@ class EmbeddedStack:
                 details[name] = info
                 ready = ready and ok
         return ready, details
+
+    async def bars(self, symbol: str, count: int) -> list[dict]:
+        """The dashboard's candles and mark prices: market data's closed M1 bars of `symbol`, oldest first."""
+        from services.market_data.schemas import BarsPublic
+
+        assert self.market_data is not None
+        name = self.market_data.resolve_symbol(symbol)
+        return [bar.model_dump() for bar in BarsPublic.from_bars(name, await self.market_data.recent_bars(symbol=name, count=count)).data]
 
     async def served_symbols(self) -> list[str] | None:
         """The symbols a bot may trade: the feed's (None with the mt5 feed, whose broker sessions serve what bots ask)."""
@@ -253,7 +270,8 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
         app.include_router(strategy_router(), prefix="/api/v1", dependencies=user_only)
         mount_decision_api(app, stack.decision, served_symbols=stack.served_symbols)
         mount_admin(app, engine=stack.engine, sessions=stack.sessions, settings=stack.settings)
-        app.openapi_schema = None
+        mount_dashboard(app, stack.decision, bars=stack.bars)
+        describe_routes(app)
         if startup.demo_api_key:
             # Printed to the terminal once, never through the logger.
             announce(f"\nDemo user created. Its API key (shown once): {startup.demo_api_key}\n")
@@ -261,11 +279,7 @@ def create_app(stack: EmbeddedStack, *, announce=print) -> FastAPI:
             yield
         await stack.stop()
 
-    app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Scalper signal engine (embedded)", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_ops_routes(app, stack.readiness)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict:
-        return {"service": "scalper (embedded)", "docs": "/docs", "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
-
+    add_offline_docs(app)  # `/` is the dashboard, mounted with the API once the stack has started
     return app

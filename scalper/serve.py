@@ -31,6 +31,7 @@ from shared.bus import Bus, create_bus
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.db.patience import DatabasePatience
 from shared.secrets import key_for
+from shared.apidocs import add_offline_docs, describe_routes
 from shared.heap import startup_frozen
 from shared.http import add_ops_routes, require_service_token, service_token_headers
 from shared.logging import get_logger
@@ -232,6 +233,7 @@ class DecisionProcess(ServiceProcess):
         self.clock = clock or make_clock(settings)
         self.announce = announce
         self.http: httpx.AsyncClient | None = None
+        self.notifier = None  # the alert sender, made at start (services/decision/alerts_api.py attach)
 
     async def start(self) -> None:
         from services.decision.accounts import seal_clear_passwords
@@ -246,15 +248,31 @@ class DecisionProcess(ServiceProcess):
                                        patience=DatabasePatience(), on_terminal_time=terminal_observer(self.clock))
         await self.service.start()  # starts the bus too
         await self.service.refresh_plan()
+        from services.decision.alerts_api import attach as attach_alerts
+
+        self.notifier = attach_alerts(self.service, self.sessions)
 
     async def stop(self) -> None:
         await super().stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.http is not None:
             await self.http.aclose()
 
     def mount(self, app: FastAPI) -> None:
-        mount_decision_api(app, self)
+        if mount_decision_api(app, self):
+            from services.decision.dashboard import mount_dashboard
+
+            mount_dashboard(app, self.service, bars=self.bars)
         app.include_router(forwarding_router(self), prefix="/api/v1")
+
+    async def bars(self, symbol: str, count: int) -> list[dict]:
+        """The dashboard's candles and mark prices, from market data's /bars (with the service token)."""
+        assert self.http is not None
+        url = f"{self.settings.market_data_url.rstrip('/')}/api/v1/bars/{symbol}"
+        answer = await self.http.get(url, params={"count": count}, headers=service_token_headers(self.settings))
+        answer.raise_for_status()
+        return answer.json()["data"]
 
     async def served_symbols(self):
         """The symbols market data's feed serves (None with the mt5 feed: its broker sessions serve what bots ask for)."""
@@ -414,7 +432,7 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
         configure_telemetry(process.settings, service_name=f"scalper-{process.name}")
         await process.start()
         process.mount(app)
-        app.openapi_schema = None
+        describe_routes(app)
         sampler = metrics_sampler(process)
         if sampler is not None:
             sampler.start()
@@ -429,12 +447,14 @@ def create_service_app(process: ServiceProcess, *, on_started: Callable[[], Awai
 
     if process.settings.service_token is None:
         log.warning("SCALPER_SERVICE_TOKEN unset: the internal routes refuse every call (and decision cannot forward /symbols, /bars, /strategies); set it alike in every service")
-    app = FastAPI(title=f"Scalper {process.name} service", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title=f"Scalper {process.name} service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_ops_routes(app, process.readiness)
+    add_offline_docs(app)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> dict:
-        return {"service": process.name, "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
+    if process.name != "decision":  # decision's `/` is the dashboard, mounted with its API
+        @app.get("/", include_in_schema=False)
+        async def index() -> dict:
+            return {"service": process.name, "health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
 
     return app
 

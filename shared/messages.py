@@ -17,7 +17,9 @@ from shared.bars import Bars
 from shared.symbols import SymbolSpec
 from shared.timeutil import utcnow
 
-SCHEMA_VERSION = "1.1"  # 1.1: ScanResult
+# 1.1: ScanResult (a window's signals and report together); Signal.p_win and Signal.expected_r_net,
+# OrderIntent.invalidation (optional fields: a 1.0 consumer ignores them).
+SCHEMA_VERSION = "1.1"
 SIGNAL_NAMESPACE = uuid.UUID("5b0c7c1e-3d4a-4f6b-9a55-2f1c8e1d9a10")
 
 Side = Literal["buy", "sell"]
@@ -153,6 +155,10 @@ class Signal(Message):
     target: float
     score: float = Field(ge=0.0, le=1.0)
     features: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    p_win: float | None = Field(default=None, ge=0.0, le=1.0, description="calibrated probability that the target is "
+                                "touched before the stop (SCALPER_CALIBRATION); null without a calibration")
+    expected_r_net: float | None = Field(default=None, description="expected result in R (stop distances) net of spread and "
+                                         "commission, from p_win; null without a calibration")
 
 
 class BotScan(BaseModel):
@@ -194,6 +200,17 @@ class ScanResult(Message):
 # --- decision -> executor ----------------------------------------------------------------------------------
 
 
+class StrategyExit(BaseModel):
+    """What the executor needs to close a position once its strategy's setup no longer holds: the strategy, the bot's
+    parameters for it and the signal's features (shared/strategies/invalidation.py judges them on closed bars)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    strategy: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+
+
 class OrderIntent(Message):
     type_name: ClassVar[str] = "OrderIntent"
 
@@ -213,6 +230,7 @@ class OrderIntent(Message):
     magic: int
     comment: str = Field(pattern=r"^[A-Za-z0-9_-]{1,26}$")
     expires_at: AwareDatetime
+    invalidation: StrategyExit | None = Field(default=None, description="the strategy's early exit, when it has one")
 
 
 class ExecutorCommand(Message):

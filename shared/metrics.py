@@ -28,6 +28,9 @@ bars_repaired_total = Counter(
     ["symbol", "reason"],
 )
 bar_windows_published_total = Counter("bar_windows_published_total", "BarWindows published by market data", ["symbol"])
+scan_lines_total = Counter(
+    "scan_lines_total", "Scan lines decision wrote, one per bot per scan (found: signal, at info; none, at debug)", ["found"],
+)
 
 publish_latency_seconds = Histogram("bus_publish_latency_seconds", "Time to publish (confirmed)", ["exchange"], buckets=LATENCY_BUCKETS)
 consume_latency_seconds = Histogram("bus_handler_latency_seconds", "Handler run time", ["queue"], buckets=LATENCY_BUCKETS)

@@ -54,8 +54,10 @@ def check_bars(bars: Bars, *, max_atr: float, digits: int | None = None, previou
         bars, repaired_mask = round_prices(bars, digits)
     ok, rejected = _basic(bars, previous_time)
     if math.isfinite(max_atr) and ok.any():
-        kept = np.flatnonzero(ok)
-        outlier = _outliers(bars.high[kept], bars.low[kept], bars.close[kept], bars.time[kept], max_atr)
+        every = bool(ok.all())  # the usual case: no copies of the columns
+        kept = np.arange(len(ok)) if every else np.flatnonzero(ok)
+        pick = (lambda x: x) if every else (lambda x: x[kept])
+        outlier = _outliers(pick(bars.high), pick(bars.low), pick(bars.close), pick(bars.time), max_atr)
         for j, reason in outlier:
             i = int(kept[j])
             ok[i] = False
@@ -133,7 +135,8 @@ def _warmup_reference(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> t
 
 def outlier_ratios(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each bar's range and move in units of its limit's ATR (the jump already divided by the time root), on the
-    assumption that every bar is accepted: a bar is an outlier when a ratio exceeds max_atr. Vectorised."""
+    assumption that every bar is accepted: a bar is an outlier when a ratio exceeds max_atr. Vectorised, in place
+    where it can be: on a file of millions of bars each temporary is tens of megabytes."""
     n = len(high)
     if n == 0:
         return np.zeros(0), np.zeros(0)
@@ -142,20 +145,32 @@ def outlier_ratios(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: n
     prev_close[0] = warm_close
     prev_close[1:] = close[:-1]
     with np.errstate(over="ignore", invalid="ignore"):
-        tr = np.maximum(high, prev_close) - np.minimum(low, prev_close)
+        tr = np.maximum(high, prev_close)
+        tr -= np.minimum(low, prev_close)
         tr[0] = high[0] - low[0]
-    atr = np.full(n, warm_atr)
-    with np.errstate(over="ignore", invalid="ignore"):
+        atr = np.full(n, warm_atr)
         if n > WARMUP:
             # Window sums, not differences of a running sum: one absurd bar must not turn every later ATR into inf - inf.
-            atr[WARMUP:] = np.lib.stride_tricks.sliding_window_view(tr[:-1], ATR_PERIOD).sum(axis=1) / ATR_PERIOD
-        atr = np.maximum(atr, ATR_FLOOR * prev_close)
-    minutes = np.ones(n)
-    minutes[1:] = np.maximum(1.0, (time[1:] - time[:-1]) / 60.0)
-    limit_atr = atr * np.sqrt(minutes)
-    jump = np.maximum(np.abs(high - prev_close), np.abs(low - prev_close))
-    with np.errstate(over="ignore", invalid="ignore"):
-        return (high - low) / limit_atr, jump / limit_atr
+            # Added left to right, slice by slice: the same sum, to the bit, as the bar-by-bar path's `sum(trs)`.
+            m = n - WARMUP
+            window = tr[0:m].copy()
+            for k in range(1, ATR_PERIOD):
+                window += tr[k:k + m]
+            window /= ATR_PERIOD
+            atr[WARMUP:] = window
+        np.maximum(atr, ATR_FLOOR * prev_close, out=atr)
+        limit_atr = atr  # atr x sqrt(minutes since the previous bar opened, at least 1)
+        minutes = np.diff(time).astype(np.float64)
+        minutes /= 60.0
+        np.maximum(minutes, 1.0, out=minutes)
+        np.sqrt(minutes, out=minutes)
+        limit_atr[1:] *= minutes
+        jump = np.abs(high - prev_close)
+        np.maximum(jump, np.abs(low - prev_close), out=jump)
+        jump /= limit_atr
+        range_ratio = high - low
+        range_ratio /= limit_atr
+        return range_ratio, jump
 
 
 def _outliers(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.ndarray, max_atr: float) -> list[tuple[int, str]]:

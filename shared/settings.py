@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     scan_mode: Literal["interval", "aligned"] = "interval"
     scan_interval_s: float = Field(default=45.0, gt=0)
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
+    calibration: Path | None = Field(default=None, description="a `scalper calibrate` file: the strategy workers put p_win "
+                                     "and expected_r_net on every Signal (null without one)")
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     otlp_endpoint: str | None = None

@@ -70,3 +70,10 @@ def _no_broker_specs_between_tests():
 
     yield
     forget_broker_specs()
+
+
+@pytest.fixture
+def chromium_available():
+    import shutil
+
+    need(shutil.which("chromium") is not None, "Debian's chromium is not installed (apt-get install chromium)", required_by="SCALPER_REQUIRE_SERVICES")

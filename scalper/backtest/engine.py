@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from scalper.backtest.invalidation import Invalidations
+from scalper.backtest.refusals import bot_refusal
 from scalper.backtest.signals import Progress, ScanStats, SignalEvent, day_keys, scan_history
-from services.decision.killswitch import DailyPnl, daily_loss_tripped
+from services.decision.daily_loss import DailyPnl, daily_loss_tripped
 from services.decision.risk import BotRules, Exposure, decide, margin_required
 from services.executor import fills
 from services.executor.trailing import ExitRule, TrailRule, time_stop_hit, trailing_stop
@@ -27,7 +29,7 @@ from shared.bars import Bars
 from shared.messages import Signal, StrategyConfig
 from shared.sanity import check_bars
 from shared.settings import get_settings
-from shared.stats import ClosedTrade, compute_stats
+from shared.stats import ClosedTrade, compute_stats, compute_stats_arrays
 from shared.strategies.catalog import CATALOG, MIN_LOOKBACK, Catalog
 from shared.strategies.indicators import atr as atr_fn
 from shared.symbols import SymbolSpec
@@ -126,8 +128,9 @@ def spreads_for(bars: Bars, spec: SymbolSpec, spread_points: float | None) -> np
 class _Book:
     """The simulation state over one history."""
 
-    def __init__(self, bars: Bars, spec: SymbolSpec, config: BacktestConfig) -> None:
+    def __init__(self, bars: Bars, spec: SymbolSpec, config: BacktestConfig, catalog: Catalog = CATALOG) -> None:
         self.bars, self.spec, self.config = bars, spec, config
+        self.invalid = Invalidations(bars, spec, config.strategies, enabled=config.exits.invalidation, catalog=catalog)
         self.n = len(bars)
         self.spread = spreads_for(bars, spec, config.spread_points)
         self.ask_add = self.spread * spec.point
@@ -154,11 +157,12 @@ class _Book:
         value = float(self._atr[k])
         return value if value > 0 else None
 
-    def _find_exit(self, t: Trade) -> None:
+    def _find_exit(self, t: Trade, invalid_at: int | None = None) -> None:
         """Set the trade's exit: the first bar from its entry bar on whose range takes its stop or target (fills.exit_on_bar),
         with the executor's trailing stop and time stop applied at each bar's close when they are on; else the end."""
         b, spec, e = self.bars, self.spec, t.entry_index
         per_bar = self.config.trail.mode != "off" or self.config.exits.time_stop_min > 0
+        per_bar = per_bar or invalid_at is not None  # the strategy's invalidation exit at that bar's close
         if not per_bar:
             k = e
             while k < self.n:
@@ -200,6 +204,9 @@ class _Book:
             if time_stop_hit(opened_at=opened_at, now=from_epoch(int(b.time[k]) + BAR_S), rule=self.config.exits):
                 price = fills.exit_price(t.side, float(b.open[k + 1]), float(self.spread[k + 1]), spec)
                 self._close(t, k + 1, price, "early_exit")
+                return
+            if invalid_at is not None and k >= invalid_at:  # as the executor's monitor, after the bar's close
+                self._close(t, k + 1, fills.exit_price(t.side, float(b.open[k + 1]), float(self.spread[k + 1]), spec), "early_exit")
                 return
             if self.config.trail.mode != "off":
                 bid = float(b.close[k])
@@ -327,16 +334,25 @@ class _Book:
         day = int(self.day[j])
         open_now = [t for t in self.active if t.exit_index > j]  # advance(j) ran: the positions open at j's close
         status = "killed" if self.killed_day == day else cfg.rules.status
+        refused = bot_refusal(cfg.rules, status=status, score=s.score, open_positions=len(open_now),
+                              open_on_symbol=len(open_now), trades_today=self.sent_per_day[day])
+        if refused is not None:  # most signals end here (a position open, the day's trades used): no Signal built
+            self.ignored[refused] += 1
+            return
         rules = cfg.rules if status == cfg.rules.status else _with_status(cfg.rules, status)
         used_margin = sum(margin_required(spec=spec, volume=t.volume, price=t.entry_price, leverage=100.0) for t in open_now)
         exposure = Exposure(open_positions=len(open_now), open_on_symbol=len(open_now), trades_today=self.sent_per_day[day],
                             margin_free=self.config.balance + self.settled_total - used_margin)
         bar_time = from_epoch(s.bar_time)
-        signal = Signal(
+        # Built without validation: the values passed Match's checks (or, from arrays, the same checks in
+        # signals._fragile), and validating a model per trade cost more than the risk checks themselves.
+        signal = Signal.model_construct(
             signal_id=_NO_ID,  # the dedupe key's uuid5 is not a risk input (and costs more than the check itself)
             message_id=_NO_ID, produced_at=bar_time,  # no clock, no random ids: a backtest is deterministic
             bot_id=1, account_id=1, symbol=cfg.symbol, timeframe=s.timeframe, strategy=s.strategy, side=s.side,
-            bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score, features=s.features,
+            bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score,
+            features={**s.features, "spread_points": float(self.spread[j])},  # as the live worker sends it
+            p_win=s.p_win, expected_r_net=s.expected_r_net,  # the calibration's, when one is loaded
         )
         decision = decide(rules=rules, signal=signal, exposure=exposure, spec=spec, max_stop_atr=cfg.max_stop_atr)
         if decision.action != "open":
@@ -357,7 +373,7 @@ class _Book:
                   sl=decision.sl, tp=decision.tp, initial_sl=decision.sl, volume=decision.volume, entry_time=int(self.bars.time[e]))
         if t.initial_sl is not None:
             t.risk_money = abs(spec.profit(t.side, t.volume, t.entry_price, t.initial_sl))
-        self._find_exit(t)
+        self._find_exit(t, self.invalid.first(s.strategy, s.features, e))  # invalidation exit
         self.trades.append(t)
         self.active.append(t)
 
@@ -394,8 +410,9 @@ def run_backtest(
     start = 0 if trade_from is None else int(np.searchsorted(bars.time, trade_from))
     if signals is None:
         signals = scan_history(bars, spec=spec, configs=config.strategies, catalog=catalog, server_time=config.server_time,
-                               min_lookback=config.min_lookback, start=start, progress=progress, stats=scan)
-    book = _Book(bars, spec, config)
+                               min_lookback=config.min_lookback, start=start, progress=progress, stats=scan,
+                               score_marks=(config.rules.decision_min_score,), stop_atr_marks=(config.max_stop_atr,))
+    book = _Book(bars, spec, config, catalog)  # the catalog's invalidation rules
     for s in signals:
         book.advance(s.index)
         book.on_signal(s)
@@ -407,7 +424,9 @@ def run_backtest(
         first=int(bars.time[start]) if start < len(bars) else None, last=int(bars.time[-1]) if len(bars) else None, bars=len(bars),
     )
     result.refused, result.repaired = refused, len(checked.repaired)
-    result.stats = compute_stats(t.to_closed() for t in trades)
+    result.stats = compute_stats_arrays([t.strategy for t in trades], [t.pnl for t in trades], [t.pips for t in trades],
+                                        [np.nan if t.r_multiple is None else t.r_multiple for t in trades],
+                                        [t.exit_time for t in trades], [t.entry_time for t in trades])
     for name in (c.name for c in config.strategies):
         result.stats["by_strategy"].setdefault(name, compute_stats([])["total"])
     return result

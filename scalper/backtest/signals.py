@@ -1,12 +1,20 @@
 """The live path's signals over a whole history: each bar's window (the last `lookback` closed bars, as market data
 publishes it), the previous trading day's levels (as market data computes them, once per day), and the catalog's
 own `evaluate` on it. Vectorised prefilters only skip bars a strategy cannot match (scalper/backtest/prefilters.py).
+
+A strategy with an array form (shared/strategies/over_history.py) is judged over the whole history at once: its
+arrays give the matches they prove and the bars they prove do not match, and `evaluate` judges the rest on their
+windows. A proved match the risk rules would judge near one of their own thresholds (a price near a rounding step,
+the score near the bot's minimum, a stop near the ATR limit) is handed to `evaluate` too, so the trades are the live
+path's to the cent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from datetime import time as dtime
 from typing import Any
 
 import numpy as np
@@ -18,8 +26,9 @@ from shared.levels import previous_day_levels, trading_day_start
 from shared.messages import Levels, StrategyConfig
 from shared.strategies.base import EvalContext, Match, StrategyDef, WindowCache
 from shared.strategies.catalog import CATALOG, MIN_LOOKBACK, Catalog
+from shared.strategies.over_history import HistorySignals, for_strategy
 from shared.symbols import SymbolSpec
-from shared.timeutil import from_epoch, server_offset
+from shared.timeutil import from_epoch, nth_sunday, server_offset
 
 # services/market_data/service.py: the levels are computed from the last 5 days of M1 bars up to the window's newest
 # bar. Kept equal here so a backtest's levels are the live ones even where the history is short.
@@ -42,6 +51,8 @@ class SignalEvent:
     target: float
     score: float
     features: dict[str, Any] = field(default_factory=dict)
+    p_win: float | None = None  # issue 19: set by a calibration (scalper/calibrate), as the live worker sets it
+    expected_r_net: float | None = None  # issue 19
 
 
 @dataclass(slots=True)
@@ -50,6 +61,8 @@ class ScanStats:
     errors: list[str] = field(default_factory=list)  # "strategy at time: error", as the live worker logs them
     lookback: int = 0
     windows: int = 0  # bars that had a full window (what live would publish)
+    from_arrays: dict[str, int] = field(default_factory=dict)  # matches proved by a strategy's array form
+    proved_none: dict[str, int] = field(default_factory=dict)  # bars its arrays proved do not match
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +72,53 @@ class _Resolved:
     params: BaseModel
 
 
+def _us_dst_offset(x: np.ndarray) -> np.ndarray:
+    """shared.timeutil.server_offset("us_dst", x) in seconds, element by element: UTC+3 from the second Sunday of
+    March 07:00 UTC to the first Sunday of November 06:00 UTC of x's year, else UTC+2 (the same comparisons)."""
+    first, last = from_epoch(int(x.min())).year - 1, from_epoch(int(x.max())).year + 1
+    bounds = []
+    for year in range(first, last + 1):
+        bounds.append(int(datetime.combine(nth_sunday(year, 3, 2), dtime(), UTC).timestamp()) + 7 * 3600)
+        bounds.append(int(datetime.combine(nth_sunday(year, 11, 1), dtime(), UTC).timestamp()) + 6 * 3600)
+    inside = np.searchsorted(np.array(bounds, np.int64), x, side="right") % 2 == 1  # start <= x < end
+    return np.where(inside, 3 * 3600, 2 * 3600)
+
+
+def _us_dst_day_starts(at: np.ndarray) -> np.ndarray:
+    """shared.levels.trading_day_start(at, "us_dst") element by element: broker_day_start, then a Saturday, Sunday
+    or Monday folded to Saturday 00:00 server time, each step with timeutil's own conversions."""
+    def to_utc(wall: np.ndarray) -> np.ndarray:  # timeutil.server_to_utc
+        return wall - _us_dst_offset(wall - _us_dst_offset(wall))
+
+    start = to_utc((at + _us_dst_offset(at)) // 86_400 * 86_400)
+    day = (start + _us_dst_offset(start)) // 86_400
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    fold = (weekday >= 5) | (weekday == 0)
+    return np.where(fold, to_utc((day - (weekday - 5) % 7) * 86_400), start)
+
+
 def day_keys(times: np.ndarray, server_time: str = "utc") -> np.ndarray:
-    """trading_day_start (epoch) of every bar: vectorised for a fixed-offset clock, else once per distinct hour."""
+    """trading_day_start (epoch) of every bar: vectorised for a fixed-offset clock and for us_dst (at each bar's
+    hour, as the general path), else once per distinct hour."""
     if len(times) == 0:
         return times
-    if server_time.strip().lower() != "us_dst":
-        try:
-            offset = int(server_offset(server_time, from_epoch(0)).total_seconds())
-        except ValueError:
-            offset = None
-        if offset is not None:
-            day = (times + offset) // 86_400
-            weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-            folded = np.where((weekday >= 5) | (weekday == 0), day - (weekday - 5) % 7, day)  # Sat, Sun, Mon -> Sat
-            return folded * 86_400 - offset
+    rule = server_time.strip().lower()
+    if rule == "us_dst":
+        return _us_dst_day_starts(times // 3600 * 3600)
+    try:
+        offset = int(server_offset(server_time, from_epoch(0)).total_seconds())
+    except ValueError:
+        offset = None
+    if offset is not None:
+        day = (times + offset) // 86_400
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        folded = np.where((weekday >= 5) | (weekday == 0), day - (weekday - 5) % 7, day)  # Sat, Sun, Mon -> Sat
+        return folded * 86_400 - offset
+    return day_keys_by_hour(times, server_time)
+
+
+def day_keys_by_hour(times: np.ndarray, server_time: str) -> np.ndarray:
+    """trading_day_start itself once per distinct hour (the definition the vectorised paths are tested against)."""
     hours, inverse = np.unique(times // 3600, return_inverse=True)
     starts = np.array([int(trading_day_start(from_epoch(int(h) * 3600), server_time).timestamp()) for h in hours], np.int64)
     return starts[inverse]
@@ -96,6 +142,10 @@ class LevelsByDay:
         del idx
         self._cache: dict[int, Levels | None] = {}
 
+    def day_of(self, idx: np.ndarray) -> np.ndarray:
+        """The trading day (its start, epoch seconds) of bars idx: bars of one day share their levels."""
+        return self._keys[idx]
+
     def at(self, i: int) -> Levels | None:
         key = int(self._keys[i])
         try:
@@ -113,6 +163,34 @@ def resolve(configs: Sequence[StrategyConfig], catalog: Catalog = CATALOG) -> li
     return [_Resolved(c.name, catalog.get(c.name), catalog.parse_params(c.name, c.params)) for c in configs]
 
 
+# How near (relative) a value from the arrays may come to a threshold of the risk rules before evaluate decides: the
+# arrays agree with evaluate within 1e-11 relative (over_history.SCORE_REL and its price bounds), so 1e-9 is a margin.
+NEAR = 1e-9
+
+
+def _near_rounding(price: np.ndarray, digits: int) -> np.ndarray:
+    x = price * 10.0**digits
+    return np.abs(x - np.floor(x) - 0.5) <= NEAR * np.abs(x) + 1e-12
+
+
+def _fragile(hs: HistorySignals, spec: SymbolSpec, score_marks: Sequence[float], stop_atr_marks: Sequence[float]) -> np.ndarray:
+    """Matches from arrays the risk rules would judge near one of their thresholds, or that Match would refuse (stop,
+    entry and target out of trade order, a score outside [0, 1]): evaluate decides them."""
+    out = _near_rounding(hs.stop, spec.digits) | _near_rounding(hs.target, spec.digits)
+    buy = hs.side == "buy"
+    ordered = np.where(buy, (hs.stop < hs.entry) & (hs.entry < hs.target), (hs.target < hs.entry) & (hs.entry < hs.stop))
+    out |= ~ordered | ~((hs.score >= 0.0) & (hs.score <= 1.0))
+    for mark in score_marks:
+        out |= np.abs(hs.score - mark) <= NEAR * max(abs(mark), 1e-3)
+    if stop_atr_marks and len(hs.index):
+        atr = np.array([f.get("atr") if isinstance(f.get("atr"), float) else np.nan for f in hs.features])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            far = np.maximum(np.abs(hs.stop - hs.entry), np.abs(hs.target - hs.entry)) / atr
+            for mark in stop_atr_marks:
+                out |= (atr > 0) & (np.abs(far - mark) <= NEAR * abs(mark))
+    return out
+
+
 def scan_history(
     bars: Bars,
     *,
@@ -124,6 +202,9 @@ def scan_history(
     start: int = 0,
     end: int | None = None,
     prefilter: bool = True,
+    arrays: bool = True,
+    score_marks: Sequence[float] | None = None,
+    stop_atr_marks: Sequence[float] | None = None,
     progress: Progress | None = None,
     stats: ScanStats | None = None,
 ) -> list[SignalEvent]:
@@ -131,7 +212,18 @@ def scan_history(
 
     Bar i is judged on bars[i+1-L : i+1] with L = the scan's lookback (the largest the configs declare, at least
     `min_lookback`); bars with fewer than L bars before them are not judged (market data is still warming up).
+    `prefilter` and `arrays` off: `evaluate` judges every window. `score_marks` and `stop_atr_marks` are the risk
+    rules' thresholds (min score, max stop ATR) near which a match from arrays is judged by `evaluate` instead; None:
+    a default bot's minimum score and SCALPER_MAX_STOP_ATR (pass the bot's own when they differ).
     """
+    if score_marks is None:
+        from services.decision.risk import BotRules
+
+        score_marks = (BotRules().decision_min_score,)
+    if stop_atr_marks is None:
+        from shared.settings import get_settings
+
+        stop_atr_marks = (get_settings().max_stop_atr,)
     resolved = resolve(configs, catalog)
     lookback = catalog.lookback_for(configs, minimum=max(MIN_LOOKBACK, min_lookback))
     stats = stats if stats is not None else ScanStats()
@@ -142,8 +234,28 @@ def scan_history(
     if first >= end:
         return []
     stats.windows = end - first
+    levels = LevelsByDay(bars, first, server_time)
     masks: list[np.ndarray | None] = []
-    for r in resolved:
+    proved: list[tuple[int, int, SignalEvent]] = []  # (bar, config position, event) from arrays
+    for pos, r in enumerate(resolved):
+        over = for_strategy(r.strategy, r.params) if (arrays and prefilter) else None
+        if over is not None:
+            hs = over(bars, r.params, lookback=lookback, first=first, end=end, spec=spec, levels=levels)
+            mask = np.zeros(end - first, bool)
+            mask[hs.unsure - first] = True
+            fragile = _fragile(hs, spec, score_marks, stop_atr_marks)
+            mask[hs.index[fragile] - first] = True
+            good = np.flatnonzero(~fragile)
+            times = bars.time[hs.index[good]].tolist()
+            for k, i, t, side, entry, stop, target, score in zip(
+                    good.tolist(), hs.index[good].tolist(), times, hs.side[good].tolist(), hs.entry[good].tolist(),
+                    hs.stop[good].tolist(), hs.target[good].tolist(), hs.score[good].tolist(), strict=True):
+                proved.append((i, pos, SignalEvent(index=i, bar_time=t, strategy=r.name, timeframe=r.strategy.timeframe, side=side,
+                                                   entry=entry, stop=stop, target=target, score=score, features=hs.features[k])))
+            stats.from_arrays[r.name] = len(good)
+            stats.proved_none[r.name] = hs.proved_none
+            masks.append(mask)
+            continue
         mask = candidates(r.name, r.strategy, bars, r.params) if prefilter else None
         masks.append(None if mask is None else mask[first:end])
     if any(m is None for m in masks):
@@ -153,8 +265,7 @@ def scan_history(
         for m in masks:
             union |= m
         todo = np.flatnonzero(union) + first
-    levels = LevelsByDay(bars, first, server_time)
-    out: list[SignalEvent] = []
+    out: list[tuple[int, int, SignalEvent]] = []
     total = len(todo)
     step = max(1, total // 200)
     cols = tuple(getattr(bars, f) for f in FIELDS)
@@ -164,7 +275,7 @@ def scan_history(
         a, b = i + 1 - lookback, i + 1
         window = Bars(*(c[a:b] for c in cols))  # views, as bars[a:b]
         ctx = EvalContext(spec=spec, levels=levels.at(i), cache=WindowCache(window))  # as the worker builds it
-        for r, mask in zip(resolved, masks, strict=True):
+        for pos, (r, mask) in enumerate(zip(resolved, masks, strict=True)):
             if mask is not None and not mask[i - first]:
                 continue
             stats.evaluated[r.name] = stats.evaluated.get(r.name, 0) + 1
@@ -177,13 +288,13 @@ def scan_history(
                 continue
             if match is None:
                 continue
-            out.append(
-                SignalEvent(
-                    index=i, bar_time=int(bars.time[i]) if match.bar_time is None else int(match.bar_time), strategy=r.name, timeframe=r.strategy.timeframe,
-                    side=match.side, entry=match.entry, stop=match.stop, target=match.target, score=match.score,
-                    features=dict(match.features),
-                )
-            )
+            out.append((i, pos, SignalEvent(
+                index=i, bar_time=int(bars.time[i]) if match.bar_time is None else int(match.bar_time), strategy=r.name,
+                timeframe=r.strategy.timeframe, side=match.side, entry=match.entry, stop=match.stop, target=match.target,
+                score=match.score, features=dict(match.features),
+            )))
     if progress is not None:
         progress(total, total)
-    return out
+    if proved:
+        out = sorted(out + proved, key=lambda e: (e[0], e[1]))  # bar, then config order, as the live worker emits them
+    return [e for _, _, e in out]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ def backtest(
     engine: Annotated[str, typer.Option(help="scalper | harami")] = "scalper",
     date_from: Annotated[str | None, typer.Option("--from", help="first day traded, UTC (YYYY-MM-DD); earlier bars still warm up")] = None,
     date_to: Annotated[str | None, typer.Option("--to", help="last day traded, UTC (inclusive)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the stats (GET /stats shape), run metadata and trades here ('-' for stdout)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the stats (GET /stats shape), run metadata, trades and every signal with its outcome here ('-' for stdout)")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
     balance: Annotated[float, typer.Option(help="starting balance, account currency")] = 10_000.0,
     commission_per_lot: Annotated[float, typer.Option(help="commission per lot, round turn")] = 0.0,
@@ -50,6 +49,9 @@ def backtest(
     tz: Annotated[str | None, typer.Option("--tz", help="IANA time zone of the file's times")] = None,
     server_time: Annotated[str | None, typer.Option("--server-time", help="the file's broker clock rule: utc, us_dst, +2 ...")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="a `scalper calibrate` file: every signal carries p_win and expected_r_net")] = None,
+    min_expected_r: Annotated[float, typer.Option(help="the bot's min_expected_r (applies to calibrated signals)")] = 0.0,
+    min_stop_spread_ratio: Annotated[float, typer.Option(help="the bot's min_stop_spread_ratio")] = 3.0,
 ) -> None:
     """Backtest on an M1 file: the live strategies on each bar's window, the decision's risk rules, the executor's fills."""
     import dataclasses
@@ -117,7 +119,8 @@ def backtest(
         swap_per_lot_day=swap_per_lot_day,
         spread_points=spread_points,
         rules=dataclasses.replace(BotRules(), decision_min_score=min_score, risk_max_concurrent_positions=max_concurrent,
-                                  max_trades_per_day=max_trades_per_day, default_qty=lots),
+                                  max_trades_per_day=max_trades_per_day, default_qty=lots, min_expected_r=min_expected_r,
+                                  min_stop_spread_ratio=min_stop_spread_ratio),
         kill_switch_pct=kill_switch_pct,
         # Broker days (levels, trades per day, kill switch, swap) on the file's clock, as the replay feed gives market
         # data: the --server-time rule or a fixed --utc-offset; UTC when the file's zone is unknown or stated per row.
@@ -125,20 +128,53 @@ def backtest(
         trail=PositionRules().trail(),
         exits=PositionRules().exits(),
     )
+    loaded_calibration = None
+    if calibration is not None:
+        from shared.calibration import CalibrationError, load
+
+        try:
+            loaded_calibration = load(calibration)
+        except CalibrationError as exc:
+            raise _fail(str(exc)) from None
     progress_cb, finish = _progress(quiet)
     try:
-        result = run_backtest(bars, spec, config, progress=progress_cb, trade_from=start)
+        if loaded_calibration is None:
+            result = run_backtest(bars, spec, config, progress=progress_cb, trade_from=start)
+        else:  # the live scan, each signal estimated as the strategy worker estimates it, then the same backtest
+            from scalper.backtest.engine import spreads_for
+            from scalper.backtest.signals import scan_history
+            from scalper.calibrate.apply import annotate
+            from shared.sanity import check_bars
+
+            bars = check_bars(bars, max_atr=config.bar_sanity_atr, digits=spec.digits).bars
+            first = 0 if start is None else int(np.searchsorted(bars.time, start))
+            found = scan_history(bars, spec=spec, configs=config.strategies, server_time=config.server_time,
+                                 min_lookback=config.min_lookback, start=first, progress=progress_cb,
+                                 score_marks=(config.rules.decision_min_score,), stop_atr_marks=(config.max_stop_atr,))
+            found = annotate(found, loaded_calibration, symbol=spec.name, spec=spec,
+                             spread_points=spreads_for(bars, spec, spread_points))
+            result = run_backtest(bars, spec, config, signals=found, trade_from=start)
     finally:
         finish()
     doc = to_json(result, file=str(file), file_format=loaded.format)
+    doc["run"].update(server_time=loaded.zone, server_time_source=loaded.server_time_source,
+                      server_time_confidence=loaded.server_time_confidence)  # the clock the file was read in
     if json_out is not None:
-        text = json.dumps(doc, indent=2)
+        from scalper.calibrate.records import signal_records
+        from shared.sanity import check_bars
+
+        checked = check_bars(bars, max_atr=config.bar_sanity_atr, digits=spec.digits).bars  # the bars the signals index
+        doc["signals"] = signal_records(checked, spec, result.signals, spread_points=spread_points)
+    if json_out is not None:
+        from scalper.backtest.jsonout import dumps_document
+
+        text = dumps_document(doc)  # json.dumps(doc, indent=2)'s content, one trade a line (its C encoder: fast)
         if str(json_out) == "-":
             sys.stdout.write(text + "\n")
         else:
             json_out.write_text(text + "\n")
     if html_out is not None:
-        html_out.write_text(to_html(result, file=str(file), file_format=loaded.format))
+        html_out.write_text(to_html(result, file=str(file), file_format=loaded.format, bars=bars))
     if json_out is None or str(json_out) != "-":
         _print(doc)
 
@@ -168,7 +204,8 @@ def _print(doc: dict) -> None:
     from shared.stats import STAT_KEYS
 
     run = doc["run"]
-    table = Table(title=f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars)")
+    clock = f"server time {run['server_time']} ({run['server_time_source']}, confidence {run['server_time_confidence']:.2f})"
+    table = Table(title=f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars, {clock})")
     table.add_column("")
     columns = list(doc["by_strategy"].items()) + [("total", doc["total"])]
     for name, _ in columns:

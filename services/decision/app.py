@@ -514,5 +514,10 @@ def _position_public(d, strategy) -> PositionPublic:
 
 def mount(app: FastAPI, service, *, prefix: str = "/api/v1", served_symbols: ServedSymbols | None = None) -> None:
     """Mount the public API on `app` (the embedded app, or the decision service's own)."""
+    from services.decision import alerts_api, positions
+
     app.state.decision = service
     app.include_router(create_router(service, served_symbols=served_symbols), prefix=prefix)
+    for extra in (positions.create_router(service), alerts_api.create_router(service)):
+        app.include_router(extra, prefix=prefix, responses=ERRORS, dependencies=[Depends(reject_unknown_query), Depends(reject_unexpected_body)])
+

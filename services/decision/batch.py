@@ -42,6 +42,7 @@ from services.decision.decisions import (
     order_intent_for,
     risk_result,
     signal_audit,
+    strategy_exit_for,
 )
 from shared import outbox
 from shared.bus import topology
@@ -278,7 +279,8 @@ def _answer(
         if i in fresh:
             values, result = fresh[i]
             decision = Decided(**values)
-            intent = order_intent_for(decision, entry=signal.entry) if result.action == "open" else None
+            intent = (order_intent_for(decision, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
+                      if result.action == "open" else None)
             new = stored.stored_id[i] in stored.inserted
             if new:
                 entries.append(signal_audit(signal=signal, now=now, user_id=bot.user_id))
@@ -292,7 +294,7 @@ def _answer(
         decision = Decided(**decided[signal_id]) if signal_id in decided else stored.existing[signal_id]
         if decision.action == "open" and decision.order_status == "sent":
             # Not answered yet: the same intent again (same message id), as handle_signal sends it for a repeat.
-            intent = order_intent_for(decision, entry=signal.entry)
+            intent = order_intent_for(decision, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
             outcomes[i] = SignalOutcome(bot_found=True, signal_new=False, decision=decision, intent=intent)
             intents.append((i, intent))
         else:

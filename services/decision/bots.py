@@ -56,7 +56,8 @@ class BotConflict(ValueError):
     """The change clashes with another bot or with the bot's open trades (HTTP 409)."""
 
 
-_SHOWN = ("engine_mode", "default_timeframe", "enabled_strategies", "auto_trade", "status", *SEED_RISK)
+_SHOWN = ("engine_mode", "default_timeframe", "enabled_strategies", "strategy_params", "auto_trade", "status", *SEED_RISK,
+          "min_stop_spread_ratio", "min_expected_r")
 # What the API may change on a bot (status only through pause, resume and kill).
 EDITABLE = (
     "name",
@@ -69,6 +70,8 @@ EDITABLE = (
     "max_spread_pips",
     "trading_hours",
     "correlation_check",
+    "min_stop_spread_ratio",
+    "min_expected_r",
 )
 
 
@@ -165,13 +168,16 @@ async def setup_bot(
     engine_mode: str = "scalper",
     actor: str = "cli",
     now: datetime | None = None,
+    strategy_params: dict | None = None,
+    settings: dict | None = None,
 ) -> Bot:
     """Create or update the user's bot for (account, symbol, engine_mode).
 
     A new bot gets the seed's risk defaults, every strategy of the engine unless `strategies` names some, and
     auto-trading only when `auto_trade` is true. An existing one changes only in what is given (`strategies`,
     `auto_trade`; None leaves it as it is); its risk settings and its status are kept (a killed bot stays killed
-    until a person resumes it).
+    until a person resumes it). `strategy_params` (per strategy, e.g. `scalper tune`'s best) replaces the overrides of
+    the strategies it names; `settings` sets bot fields already validated by the API's BotSettings model.
     """
     if engine_mode not in ENGINE_MODES:
         raise BotSetupError(f"engine_mode {engine_mode!r}: use one of {', '.join(ENGINE_MODES)}")
@@ -211,8 +217,10 @@ async def setup_bot(
             status="active",
             created_at=now,
             updated_at=now,
-            **SEED_RISK,
+            **{**SEED_RISK, **{k: v for k, v in (settings or {}).items() if k in EDITABLE}},
         )
+        if strategy_params:
+            bot.strategy_params = validate_strategy_params(engine_mode, enabled, strategy_params)
         session.add(bot)
         await session.flush()
         audit.record(
@@ -235,6 +243,12 @@ async def setup_bot(
         bot.strategy_params = {k: v for k, v in (bot.strategy_params or {}).items() if k in enabled}
     if auto_trade is not None:
         bot.auto_trade = auto_trade
+    if strategy_params:
+        merged = {**(bot.strategy_params or {}), **strategy_params}
+        bot.strategy_params = validate_strategy_params(engine_mode, bot.enabled_strategies, merged)
+    for name, value in (settings or {}).items():
+        if name in EDITABLE:
+            setattr(bot, name, value)
     after = _snapshot(bot)
     if after != before:
         bot.updated_at = now

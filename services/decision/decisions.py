@@ -21,7 +21,8 @@ from services.decision.risk import AccountRules, BotRules, DecisionResult, Expos
 from shared.db.models import Bot, BrokerAccount, Decision, SignalRow
 from shared.outbox import Pending
 from shared.bus.base import TransientError
-from shared.messages import InvalidMessage, OrderIntent, Signal
+from shared.messages import InvalidMessage, OrderIntent, Signal, StrategyExit
+from shared.strategies.invalidation import strategy_exit
 from shared.settings import get_settings
 from shared.symbols import UnknownSymbol, canonical_symbol, get_spec
 from shared.timeutil import broker_day_start
@@ -84,7 +85,7 @@ def magic_for(bot_id: int) -> int:
     return MAGIC_BASE + bot_id
 
 
-def order_intent_for(decision: Decision | Decided, *, entry: float | None = None) -> OrderIntent:
+def order_intent_for(decision: Decision | Decided, *, entry: float | None = None, invalidation: StrategyExit | None = None) -> OrderIntent:
     """The decision's OrderIntent, the same every time it is built (message id included), for re-publishing; `entry`
     is its signal's entry price, which the executor holds against the broker's quote before it sends."""
     assert decision.action == "open" and decision.client_order_id and decision.expires_at
@@ -105,6 +106,7 @@ def order_intent_for(decision: Decision | Decided, *, entry: float | None = None
         comment=decision.client_order_id,
         expires_at=decision.expires_at,
         entry=entry,
+        invalidation=invalidation,
     )
 
 
@@ -237,6 +239,8 @@ def _signal_values(signal: Signal, now: datetime) -> dict:
         "target": signal.target,
         "score": signal.score,
         "features": dict(signal.features),
+        "p_win": signal.p_win,
+        "expected_r_net": signal.expected_r_net,
         "created_at": now,
     }
 
@@ -283,6 +287,11 @@ def signal_audit(*, signal: Signal, now: datetime, user_id: int | None) -> dict:
         f"bar {signal.bar_time.isoformat()} score {signal.score:.3f}",
         after={"entry": signal.entry, "stop": signal.stop, "target": signal.target, "window_id": signal.window_id and str(signal.window_id)},
     )
+
+
+def strategy_exit_for(signal: Signal, bot) -> StrategyExit | None:
+    """The strategy's early exit for the executor (range_reversion's invalidation), with the bot's parameters."""
+    return strategy_exit(signal.strategy, (bot.strategy_params or {}).get(signal.strategy), signal.features)
 
 
 def decision_values(*, signal_id: str, bot, account, result: DecisionResult, now: datetime) -> dict:
@@ -364,7 +373,7 @@ async def handle_signal(
             if existing.action == "open" and existing.order_status == "sent":
                 # Not answered yet: send the same intent again (same message id; the executor keeps one order per
                 # decision), through the outbox like the first, so a decision whose first send was lost still goes out.
-                intent = order_intent_for(existing, entry=signal.entry)
+                intent = order_intent_for(existing, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
                 row = await outgoing.enqueue_intent(session=session, intent=intent)
                 return SignalOutcome(bot_found=True, signal_new=False, decision=existing, intent=intent, outbox=(row,))
             return SignalOutcome(bot_found=True, signal_new=False, decision=existing)
@@ -386,7 +395,7 @@ async def handle_signal(
         )
     decision = Decided(id=decision_id, **values)
     if result.action == "open":
-        intent = order_intent_for(decision, entry=signal.entry)
+        intent = order_intent_for(decision, entry=signal.entry, invalidation=strategy_exit_for(signal, bot))
     entries = [signal_audit(signal=signal, now=now, user_id=bot.user_id)] if signal_new else []
     entries.append(decision_audit(decision=decision, result=result, user_id=bot.user_id, now=now, sent=intent is not None))
     await audit.write(session=session, entries=entries)

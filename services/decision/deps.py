@@ -1,4 +1,5 @@
-"""Dependencies of the decision API: a database session, and the user behind the `X-API-Key` header."""
+"""Dependencies of the decision API: a database session, and the user behind the `X-API-Key` header (or behind the
+dashboard's session cookie, whose changes carry its CSRF token: services/decision/dashboard/auth.py)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def current_user(session: Session, api_key: Annotated[str | None, Security(api_key_header)]) -> User:
+async def current_user(request: Request, session: Session, api_key: Annotated[str | None, Security(api_key_header)]) -> User:
     if not api_key:
+        from services.decision.dashboard.auth import cookie_user
+
+        user = await cookie_user(request, session)
+        if user is not None:
+            return user
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send your API key in the X-API-Key header", headers={"WWW-Authenticate": "APIKey"})
     user = await user_for_key(session=session, api_key=api_key)
     if user is None:

@@ -1,6 +1,6 @@
 """The kill switch and the bot status changes that go with it: stop a bot, flatten it, and later let a person resume it.
 
-The P&L rule itself is pure (`daily_loss_tripped`); the rest reads the decisions read model and the account row
+The P&L rule itself is pure (`daily_loss_tripped`, in daily_loss.py); the rest reads the decisions read model and the account row
 in the caller's transaction and returns the ExecutorCommands it decided; the caller writes them to the outbox in that
 transaction (services/decision/outgoing.py), and the relay publishes them once it has committed.
 """
@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.decision import audit, outgoing
+from services.decision.daily_loss import DailyPnl, daily_loss_tripped  # noqa: F401  the rule lives there (pure)
 from shared.db.models import Bot, BrokerAccount, Decision
 from shared.logging import get_logger
 from shared.messages import AccountSnapshot, ExecutorCommand
@@ -24,30 +25,6 @@ from shared.timeutil import broker_day_start
 KILL_SWITCH_REASON = "kill_switch"
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DailyPnl:
-    realised: float
-    open: float
-    day_start_balance: float | None
-
-    @property
-    def total(self) -> float:
-        return self.realised + self.open
-
-    @property
-    def loss_pct(self) -> float | None:
-        """The day's loss as a percentage of the day-start balance (positive when losing); None without a balance."""
-        if not self.day_start_balance or self.day_start_balance <= 0:
-            return None
-        return -self.total / self.day_start_balance * 100.0
-
-
-def daily_loss_tripped(pnl: DailyPnl, *, limit_pct: float) -> bool:
-    """True when the day's loss has passed the limit (percent of the balance at the broker day's start)."""
-    loss = pnl.loss_pct
-    return loss is not None and loss > limit_pct
 
 
 async def _realised_since(*, session: AsyncSession, day_start: datetime, account_id: int, bot_id: int | None = None) -> float:

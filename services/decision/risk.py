@@ -30,6 +30,8 @@ REASONS = (
     "max_trades_per_day",
     "outside_trading_hours",
     "spread_too_wide",
+    "stop_within_spread",
+    "expected_r_below_min",
     "netting_conflict",
     "correlation_basket",
     "margin_insufficient",
@@ -91,6 +93,8 @@ class BotRules:
     max_spread_pips: float | None = None
     trading_hours: str = ""
     correlation_check: bool = True
+    min_stop_spread_ratio: float = 3.0
+    min_expected_r: float = 0.0
 
     @classmethod
     def from_attrs(cls, obj: Any) -> BotRules:
@@ -186,13 +190,40 @@ def _netting_conflict(*, signal: Signal, instrument: str, legs: tuple[Leg, ...])
     return None
 
 
-def _spread_pips(signal: Signal, spec: SymbolSpec) -> float | None:
-    """The signal bar's spread in pips, when the strategy put it in the features (`spread_points` or `spread`, in points)."""
+def _spread_points(signal: Signal) -> float | None:
+    """The signal bar's spread in points, as the strategy worker (or the backtester) put it in the features."""
     for key in ("spread_points", "spread"):
         value = signal.features.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return spec.price_to_pips(spec.points_to_price(float(value)))
+            return float(value)
     return None
+
+
+def _spread_pips(signal: Signal, spec: SymbolSpec) -> float | None:
+    """The signal bar's spread in pips, when the signal carries it (`spread_points` or `spread` features, in points)."""
+    points = _spread_points(signal)
+    return None if points is None else spec.price_to_pips(spec.points_to_price(points))
+
+
+def stop_spread_check(*, rules: BotRules, signal: Signal, spec: SymbolSpec) -> dict[str, Any]:
+    """`stop_within_spread`: the order's stop at least min_stop_spread_ratio spreads from the entry. A stop of 1-3
+    spreads loses a large part of a stop's worth to the spread alone (issue 19: 0.45-1.1 R per EURUSD trade). The value is
+    the stop distance in spreads; a signal without a spread (or a zero one) passes, and the limit says so."""
+    sl, _ = _raw_stops(rules=rules, signal=signal, spec=spec)
+    points = _spread_points(signal)
+    if sl is None or points is None or points <= 0:
+        return _check("stop_within_spread", True, None, f"{rules.min_stop_spread_ratio:g} (spread unknown)")
+    ratio = abs(signal.entry - sl) / spec.points_to_price(points)
+    return _check("stop_within_spread", ratio >= rules.min_stop_spread_ratio, round(ratio, 3), rules.min_stop_spread_ratio)
+
+
+def expected_r_check(*, rules: BotRules, signal: Signal) -> dict[str, Any]:
+    """`expected_r_below_min`: with a calibration (the signal carries p_win), its expected R net of costs at least the
+    bot's min_expected_r. Without one the check passes with no value: there is nothing calibrated to hold it to."""
+    if signal.p_win is None or signal.expected_r_net is None:
+        return _check("expected_r_below_min", True, None, f"{rules.min_expected_r:g} (no calibration)")
+    value = signal.expected_r_net
+    return _check("expected_r_below_min", value >= rules.min_expected_r, round(value, 4), rules.min_expected_r)
 
 
 def signal_atr(signal: Signal) -> float | None:
@@ -250,6 +281,8 @@ def run_checks(
     spread = _spread_pips(signal, spec)
     spread_ok = rules.max_spread_pips is None or spread is None or spread <= rules.max_spread_pips
     checks.append(_check("spread_too_wide", spread_ok, None if spread is None else round(spread, 3), rules.max_spread_pips))
+    checks.append(stop_spread_check(rules=rules, signal=signal, spec=spec))
+    checks.append(expected_r_check(rules=rules, signal=signal))
     netting = _netting_conflict(signal=signal, instrument=instrument, legs=exposure.legs) if account.margin_mode == "netting" else None
     checks.append(_check("netting_conflict", netting is None, netting, "no opposite position of another bot"))
     basket = _basket_conflict(signal=signal, instrument=instrument, legs=exposure.legs) if rules.correlation_check else None

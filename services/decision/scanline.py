@@ -1,13 +1,18 @@
-"""The seed's scan line, `[ScalperTrade] bot=.. symbol=.. strategies=.. signals=.. decisions=.. orders=..`, one per bot per scan."""
+"""The seed's scan line, `[ScalperTrade] bot=.. symbol=.. strategies=.. signals=.. decisions=.. orders=..`, one per bot per scan,
+and the log a person can follow (`ScanLog`): a scan line at info when its scan found a signal, at debug when it found
+none, and one `[ScalperSummary]` line a minute at info with the scans, signals, decisions and orders per symbol."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Bot, Decision, SignalRow
+from shared.metrics import scan_lines_total
 from shared.messages import ScanReport
 
 
@@ -85,3 +90,46 @@ async def scan_lines(*, session: AsyncSession, report: ScanReport) -> list[ScanL
             )
         )
     return lines
+
+
+SUMMARY_EVERY_S = 60.0
+
+
+class ScanLog:
+    """Logs scan lines at the level a person wants, and tallies them into a summary line once a minute (wall clock:
+    it is read by people, whatever the simulated clock's speed). The summary goes out with the first scan line after
+    the minute has passed, so a stack that scans nothing logs nothing."""
+
+    def __init__(self, logger, *, every_s: float = SUMMARY_EVERY_S, now: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._every = every_s
+        self._now = now
+        self._since = now()
+        self._tally: dict[str, list[int]] = {}  # symbol -> [bot scans, signals, decisions, orders]
+
+    def line(self, line: ScanLine) -> None:
+        (self._log.info if line.signals else self._log.debug)(line.text(), **line.fields())
+        scan_lines_total.labels(found="signal" if line.signals else "none").inc()
+        tally = self._tally.setdefault(line.symbol, [0, 0, 0, 0])
+        tally[0] += 1
+        tally[1] += line.signals
+        tally[2] += line.decisions
+        tally[3] += line.orders
+        if self._now() - self._since >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the summary of what was tallied since the last one (nothing when nothing was)."""
+        elapsed = self._now() - self._since
+        self._since = self._now()
+        tally, self._tally = self._tally, {}
+        if not tally:
+            return
+        totals = [sum(t[i] for t in tally.values()) for i in range(4)]
+        per_symbol = " | ".join(f"{symbol} scans={t[0]} signals={t[1]} decisions={t[2]} orders={t[3]}" for symbol, t in sorted(tally.items()))
+        self._log.info(
+            f"[ScalperSummary] last {elapsed:.0f}s: scans={totals[0]} signals={totals[1]} decisions={totals[2]} orders={totals[3]}"
+            f" | {per_symbol}",
+            scans=totals[0], signals=totals[1], decisions=totals[2], orders=totals[3],
+            per_symbol={symbol: dict(zip(("scans", "signals", "decisions", "orders"), t, strict=True)) for symbol, t in tally.items()},
+        )

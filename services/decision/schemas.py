@@ -202,6 +202,12 @@ class BotSettings(Input):
         json_schema_extra={"pattern": r"^(|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)$"},
     )
     correlation_check: bool | None = None
+    min_stop_spread_ratio: float | None = Field(
+        default=None, ge=0, le=100, description="refuse a signal whose stop is closer to the entry than this many spreads (0: off)"
+    )
+    min_expected_r: float | None = Field(
+        default=None, ge=-10, le=10, description="refuse a calibrated signal (p_win present) expecting less than this many R net of costs"
+    )
 
     _check_hours = field_validator("trading_hours")(_hours)
 
@@ -241,6 +247,8 @@ class BotPublic(BaseModel):
     max_spread_pips: float | None
     trading_hours: str
     correlation_check: bool
+    min_stop_spread_ratio: float
+    min_expected_r: float
     created_at: datetime
     updated_at: datetime
 
@@ -273,6 +281,8 @@ class SignalPublic(BaseModel):
     target: float
     score: float
     features: dict[str, Any]
+    p_win: float | None = Field(default=None, description="calibrated P(target before stop); null without a calibration")
+    expected_r_net: float | None = Field(default=None, description="expected R net of spread and commission; null without one")
     created_at: datetime
     decision_id: int | None = None
     action: str | None = None

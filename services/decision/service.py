@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prometheus_client import Counter
 
-from services.decision import events, killswitch, outgoing, plan
+from services.decision import alerts, events, killswitch, outgoing, plan
 from services.decision.batch import decide_account
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
-from services.decision.scanline import ScanLine, scan_lines
+from services.decision.scanline import ScanLine, ScanLog, scan_lines
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
@@ -111,6 +111,8 @@ class DecisionService:
         self._plan_symbols: dict[int, str] | None = None  # bot id -> symbol, of the last plan
         self.snapshots: dict[int, AccountSnapshot] = {}
         self.last_plan: ScanPlan | None = None
+        self.alerts: alerts.AlertSink = alerts.NO_ALERTS  # people's notifications, sent off this path (alerts.py)
+        self._scan_log = ScanLog(log)  # info when a scan found a signal, debug otherwise, a summary a minute
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class DecisionService:
         details["plan_symbols"] = None if self.last_plan is None else len(self.last_plan.symbols)
         details["outbox_unpublished"] = self.outbox.unpublished  # waiting for the broker's confirm; retried
         return details["database"], details
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     def latest_snapshot(self, account_id: int) -> AccountSnapshot | None:
         return self.snapshots.get(account_id)
@@ -390,7 +396,7 @@ class DecisionService:
             key = (str(report.window_id), line.bot)
             if key in self._logged:
                 continue
-            log.info(line.text(), **line.fields())
+            self._scan_log.line(line)
             self._logged[key] = None
             while len(self._logged) > LOGGED_LINES_KEPT:
                 self._logged.popitem(last=False)
@@ -400,6 +406,8 @@ class DecisionService:
             decision = await events.apply_execution_report(session=session, report=report, now=self._clock.now())
         if decision is None:
             log.warning("execution report for no decision of ours", client_order_id=report.client_order_id, account_id=report.account_id)
+        elif report.status == "filled":
+            self.alerts.emit(alerts.order_filled(decision, report))
 
     async def handle_position_event(self, event: PositionEvent, delivery: Delivery | None = None) -> None:
         async with transaction(self._sessions) as session:
@@ -408,6 +416,7 @@ class DecisionService:
             log.info("position event for no decision of ours", ticket=event.ticket, account_id=event.account_id, kind=event.kind)
             return
         if event.kind == "closed":
+            self.alerts.emit(alerts.position_closed(decision, event))
             await self.check_kill_switch(event.account_id, bot_ids=[decision.bot_id])
 
     async def handle_account_snapshot(self, snapshot: AccountSnapshot, delivery: Delivery | None = None) -> None:
@@ -448,6 +457,7 @@ class DecisionService:
         for bot, _ in tripped:
             kill_switch_trips_total.inc()
             log.warning("kill switch tripped", bot_id=bot.id, account_id=account_id, reason=bot.status_reason)
+            self.alerts.emit(alerts.kill_switch(bot))
         await self.send_committed(rows)
         await self.refresh_plan_quietly()
         return [bot.id for bot, _ in tripped]

@@ -56,7 +56,8 @@ async def flush_closes(ex: ExecutorState) -> None:
             events.append(row)
     ex.pending_closes = remaining
     for row in events:
-        ex.log.info("position closed", ticket=row.ticket, reason=row.close_reason, price=row.close_price, pnl=row.pnl)
+        ex.log.info("position closed", bot=row.bot_id, symbol=row.symbol, side=row.side, volume=row.volume, price=row.close_price,
+                    open_price=row.open_price, reason=row.close_reason, pnl=row.pnl, ticket=row.ticket)
     await publish_closed_events(ex)
 
 

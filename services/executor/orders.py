@@ -52,6 +52,7 @@ async def process_intent(ex: ExecutorState, intent: OrderIntent) -> None:
                 status="rejected" if killed is not None else "sending",
                 reason=BOT_KILLED if killed is not None else "",
                 expires_at=intent.expires_at,
+                invalidation=None if intent.invalidation is None else intent.invalidation.model_dump(mode="json"),
                 created_at=now,
                 updated_at=now,
             )
@@ -211,7 +212,8 @@ async def record(ex: ExecutorState, order: Order, result: PlaceResult) -> None:
     orders_placed_total.labels(status=result.status).inc()
     if result.status == "filled":
         fills_total.labels(symbol=order.symbol).inc()
-        ex.log.info("order filled", client_order_id=order.client_order_id, ticket=result.ticket, price=result.price, volume=result.volume)
+        ex.log.info("order filled", bot=order.bot_id, symbol=order.symbol, side=order.side, volume=result.volume, price=result.price,
+                    ticket=result.ticket, client_order_id=order.client_order_id)
     else:
         ex.log.warning("order not filled", client_order_id=order.client_order_id, status=result.status, retcode=result.retcode, reason=result.reason)
     await publish_outcome(ex, order.id)

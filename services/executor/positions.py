@@ -15,7 +15,9 @@ from shared.bus import topology
 from shared.db.engine import transaction
 from shared.db.models import AccountSnapshotRow, Position
 from shared.messages import AccountSnapshot
+from shared.strategies.catalog import CATALOG
 from shared.strategies.indicators import atr as atr_series
+from shared.strategies.invalidation import invalid_now
 from shared.symbols import SymbolSpec, canonical_symbol, get_spec
 
 # The monitor settles only orders untouched this long: a younger one may be in flight in another executor process
@@ -64,6 +66,11 @@ async def manage_positions(ex: ExecutorState, *, account_id: int) -> None:
     if expired:
         ex.log.info("time stop: closing", account_id=account_id, tickets=[r.ticket for r in expired])
         await commands.close_positions(ex, account_id=account_id, rows=expired, reason="early_exit")
+    invalid = await invalidated(ex, account_id=account_id, rows=[r for r in rows if r not in expired])
+    if invalid:
+        ex.log.info("strategy invalidation: closing", account_id=account_id, tickets=[r.ticket for r in invalid])
+        await commands.close_positions(ex, account_id=account_id, rows=invalid, reason="early_exit")
+        expired = expired + invalid
     if ex.trail_rule.mode == "off":
         return
     for row in rows:
@@ -81,6 +88,36 @@ async def manage_positions(ex: ExecutorState, *, account_id: int) -> None:
                 await commands.move_stop(ex, row=row, sl=new_sl)
         except Exception as exc:  # noqa: BLE001  one position's failure does not stop the others
             ex.log.warning("trailing stop failed", ticket=row.ticket, error=repr(exc))
+
+
+async def invalidated(ex: ExecutorState, *, account_id: int, rows: list[Position]) -> list[Position]:
+    """The positions whose strategy's setup is invalid at the close of the newest closed bar (ExitRule.invalidation;
+    shared/strategies/invalidation.py, the rule the backtester applies too)."""
+    if not ex.exit_rule.invalidation or not rows:
+        return []
+    async with ex.sessions() as session:
+        exits = await store.invalidations(session=session, client_order_ids=[r.client_order_id for r in rows])
+    out = []
+    for row in rows:
+        rule = exits.get(row.client_order_id or "")
+        if rule is None:
+            continue
+        try:
+            strategy, params, features = rule["strategy"], rule.get("params") or {}, rule.get("features") or {}
+            live = ex.live.get(account_id)
+            if live is not None:
+                bars = await live.rates(row.symbol, CATALOG.lookback(strategy, params))
+                spec = await live.spec(row.symbol)
+            else:
+                bars, spec = ex.windows.get(canonical_symbol(row.symbol)), get_spec(row.symbol)
+            if bars is None:
+                continue
+            opened_bar = int(row.opened_at.timestamp()) // 60 * 60
+            if invalid_now(strategy, bars, params=params, features=features, spec=spec, opened_bar=opened_bar):
+                out.append(row)
+        except Exception as exc:  # noqa: BLE001  one position's failure does not stop the others
+            ex.log.warning("strategy invalidation check failed", ticket=row.ticket, error=repr(exc))
+    return out
 
 
 async def market_of(ex: ExecutorState, *, account_id: int, symbol: str) -> tuple[float, float, SymbolSpec, float | None] | None:

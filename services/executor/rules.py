@@ -21,6 +21,8 @@ class PositionRules(BaseSettings):
     trail_step_pips: float = Field(default=0.0, ge=0)
     time_stop_min: float = Field(default=0.0, ge=0, description="close a position held this long (0: off)")
     exit_on_opposite_signal: bool = Field(default=False, description="close a bot's position when it is sent the other side")
+    exit_on_invalidation: bool = Field(default=True, description="close a position once its strategy's setup is invalid "
+                                       "(range_reversion: ADX above adx_exit or a close outside its range)")
 
     def trail(self) -> TrailRule:
         return TrailRule(mode=self.trail_mode, distance_pips=self.trail_distance_pips, atr_period=self.trail_atr_period,
@@ -28,4 +30,5 @@ class PositionRules(BaseSettings):
                          step_pips=self.trail_step_pips)
 
     def exits(self) -> ExitRule:
-        return ExitRule(time_stop_min=self.time_stop_min, opposite_signal=self.exit_on_opposite_signal)
+        return ExitRule(time_stop_min=self.time_stop_min, opposite_signal=self.exit_on_opposite_signal,
+                        invalidation=self.exit_on_invalidation)

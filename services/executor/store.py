@@ -145,6 +145,15 @@ async def magic_by_client_order_id(*, session: AsyncSession, client_order_ids: I
     return {cid: magic for cid, magic in rows}
 
 
+async def invalidations(*, session: AsyncSession, client_order_ids: Iterable[str]) -> dict[str, dict]:
+    """The early exits (StrategyExit as JSON) the orders of these client order ids carry, by client order id."""
+    ids = [c for c in client_order_ids if c]
+    if not ids:
+        return {}
+    stmt = select(Order.client_order_id, Order.invalidation).where(Order.client_order_id.in_(ids), Order.invalidation.is_not(None))
+    return {cid: value for cid, value in await session.execute(stmt) if value}
+
+
 async def position_tickets(*, session: AsyncSession, account_ids: Iterable[int]) -> set[int]:
     """Every ticket the table knows on these accounts, open or closed."""
     rows = await session.execute(select(Position.ticket).where(Position.account_id.in_(list(account_ids))))

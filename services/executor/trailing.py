@@ -33,10 +33,12 @@ class TrailRule:
 @dataclass(frozen=True, slots=True)
 class ExitRule:
     """Early exits: `time_stop_min` (0: off) closes a position held that long; `opposite_signal` closes a bot's
-    positions on a symbol when it is sent an order for the other side of that symbol."""
+    positions on a symbol when it is sent an order for the other side of that symbol; `invalidation` closes a position
+    once its strategy's setup no longer holds (shared/strategies/invalidation.py; range_reversion's ADX or range)."""
 
     time_stop_min: float = 0.0
     opposite_signal: bool = False
+    invalidation: bool = True
 
 
 def trailing_stop(

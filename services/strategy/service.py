@@ -11,6 +11,9 @@ from pydantic import BaseModel, ValidationError
 from shared import metrics
 from shared.bars import Bars
 from shared.bus import topology
+from shared.calibration import Calibration
+from shared.calibration import load as load_calibration
+from shared.costs import spread_points_of
 from shared.bus.base import Bus, Consumer, Delivery, Outgoing
 from shared.logging import get_logger
 from shared.messages import BarWindow, BotScan, InvalidMessage, Message, ScanReport, ScanResult, Signal, StrategyConfig, signal_id_for
@@ -87,7 +90,7 @@ def _parse(config: StrategyConfig, catalog: Catalog) -> _Entry | InvalidParams:
         return exc
 
 
-def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[list[Signal], ScanReport]:
+def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime, calibration: Calibration | None = None) -> tuple[list[Signal], ScanReport]:
     """Evaluate the window's strategies and build its Signals and ScanReport; pure apart from metrics and logs.
 
     Raises InvalidMessage for a window that can never be handled (no bars, unknown symbol); a subscription's refused
@@ -109,6 +112,7 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
     plan = _resolve(window, catalog)
     # One indicator cache per window: strategies that need ATR(14) (or any same indicator) on these bars share it.
     ctx = EvalContext(spec=spec, levels=window.levels, cache=WindowCache(bars))
+    spread = spread_points_of(bars, spec)  # the decision's cost gates read it back (features["spread_points"])
 
     results: dict[Key, Match | Exception | None] = {}  # one evaluation per distinct (strategy, params)
     outcomes: dict[_Entry, Match | Exception | None] = {}  # each entry's result, looked up by identity per bot
@@ -138,6 +142,9 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
             timeframe = catalog.get(entry.name).timeframe
             # A 5m strategy judges a 5m bar built from the window: the signal carries that bar's open time.
             signal_bar_time = bar_time if result.bar_time is None else from_epoch(result.bar_time)
+            quality = None if calibration is None else calibration.estimate(
+                strategy=entry.name, symbol=spec.name, score=result.score, features=result.features, entry=result.entry,
+                stop=result.stop, target=result.target, bar_time=signal_bar_time, spread_points=spread, spec=spec)
             signal_id = signal_id_for(
                 bot_id=sub.bot_id, symbol=sub.symbol, strategy=entry.name, timeframe=timeframe, bar_time=signal_bar_time
             )
@@ -156,7 +163,9 @@ def scan_window(window: BarWindow, *, catalog: Catalog, now: datetime) -> tuple[
                     stop=result.stop,
                     target=result.target,
                     score=result.score,
-                    features=result.features,
+                    features={**result.features, "spread_points": spread},
+                    p_win=None if quality is None else quality[0],
+                    expected_r_net=None if quality is None else quality[1],
                     produced_at=now,
                 )
             except ValidationError as exc:  # a strategy's match that no Signal can carry is that strategy's bug
@@ -198,6 +207,11 @@ class StrategyWorker:
         self._catalog = catalog
         self._clock = clock or SystemClock()
         self._consumer: Consumer | None = None
+        # SCALPER_CALIBRATION: refused at start-up when unreadable (a worker that silently drops p_win would let the
+        # bots' min_expected_r gate pass everything).
+        self._calibration = load_calibration(settings.calibration) if settings.calibration else None
+        if self._calibration is not None:
+            log.info("calibration_loaded", path=str(settings.calibration), models=len(self._calibration.models))
 
     async def start(self) -> None:
         if self._consumer is None:
@@ -213,7 +227,7 @@ class StrategyWorker:
 
     async def handle_window(self, window: BarWindow) -> tuple[list[Signal], ScanReport]:
         """Evaluate one window: its Signals (not yet published) and its ScanReport."""
-        signals, report = scan_window(window, catalog=self._catalog, now=self._clock.now())
+        signals, report = scan_window(window, catalog=self._catalog, now=self._clock.now(), calibration=self._calibration)
         metrics.bar_to_signal_seconds.observe(max(0.0, (self._clock.now() - window.produced_at).total_seconds()))
         return signals, report
 

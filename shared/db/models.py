@@ -34,6 +34,19 @@ class User(SQLModel, table=True):
     created_at: datetime = _time(default_factory=utcnow)
 
 
+class NotificationUrl(SQLModel, table=True):
+    """Where a user's alerts go: an apprise URL (Telegram, Discord, Slack, email, a JSON webhook...), sealed at rest
+    like the MT5 passwords: it carries the service's token (0007)."""
+
+    __tablename__ = "notification_urls"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    label: str = Field(default="", max_length=100)
+    scheme: str = Field(max_length=32, description="the URL's scheme (tgram, discord, json...), the one part shown back")
+    url_sealed: str = Field(sa_type=sa.Text, description="the URL, sealed with the install's secret key")
+    created_at: datetime = _time(default_factory=utcnow)
+
+
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
     id: int | None = Field(default=None, primary_key=True)
@@ -94,6 +107,8 @@ class Bot(SQLModel, table=True):
     max_spread_pips: float | None = Field(default=None, description="ignore signals whose bar spread is wider (0002)")
     trading_hours: str = Field(default="", max_length=16, description="HH:MM-HH:MM UTC; empty: always (0002)")
     correlation_check: bool = Field(default=True, description="refuse a second position the same way in a basket (0002)")
+    min_stop_spread_ratio: float = Field(default=3.0, description="refuse a stop closer than this many spreads (0006)")
+    min_expected_r: float = Field(default=0.0, description="refuse a calibrated signal expecting less R net of costs (0006)")
     kill_switch_reset_at: datetime | None = _time(default=None)
     deleted_at: datetime | None = _time(default=None)
     created_at: datetime = _time(default_factory=utcnow)
@@ -117,6 +132,8 @@ class SignalRow(SQLModel, table=True):
     target: float
     score: float
     features: dict[str, Any] = _json(dict)
+    p_win: float | None = Field(default=None, description="calibrated P(target before stop); null without calibration (0006)")
+    expected_r_net: float | None = Field(default=None, description="expected R net of spread and commission (0006)")
     created_at: datetime = _time(default_factory=utcnow, index=True)
 
 
@@ -214,6 +231,8 @@ class Order(SQLModel, table=True):
     reason: str = Field(default="", max_length=300)
     expires_at: datetime = _time()
     report_sent: bool = False
+    invalidation: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON,
+                                                description="the intent's StrategyExit: the position's early exit (0006)")
     created_at: datetime = _time(default_factory=utcnow)
     updated_at: datetime = _time(default_factory=utcnow)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel
 
 from shared.bars import Bars
@@ -100,3 +101,6 @@ class StrategyDef:
     lookback: Callable[[BaseModel], int]
     evaluate: Callable[[Bars, EvalContext, BaseModel], Match | None]
     summary: str = ""
+    # When an open trade's setup stops holding: (bars, ctx, params, the signal's features) -> a bool per bar, True
+    # where the setup is invalid at that bar's close. The executor's early exit and the backtester both call it.
+    invalidation: Callable[[Bars, EvalContext, BaseModel, Mapping[str, Feature]], np.ndarray] | None = None

@@ -126,6 +126,13 @@ def evaluate_5m(b5: Bars, p: HaramiParams) -> Match | None:
     )
 
 
+def _summary(p: HaramiParams) -> str:
+    """What `GET /strategies` says, written from the defaults so the text cannot drift from the code. strategies.md's
+    rule is "a move of at least 1 ATR" into the pattern; `move_atr` is that threshold and its default is tuned to 3."""
+    return (f"TA-Lib harami on 5-minute bars built from M1 (UTC-aligned), after a move of at least {p.move_atr:g} ATR "
+            f"into the pattern (move_atr; strategies.md's minimum is 1); {p.target_r:g}R target.")
+
+
 STRATEGY = StrategyDef(
     name=NAME,
     engine="harami",
@@ -133,5 +140,5 @@ STRATEGY = StrategyDef(
     Params=HaramiParams,
     lookback=lookback,
     evaluate=evaluate,
-    summary="TA-Lib harami on 5-minute bars built from M1 (UTC-aligned), after a move of at least 1 ATR; 2R target.",
+    summary=_summary(HaramiParams()),
 )

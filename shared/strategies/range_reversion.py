@@ -3,10 +3,13 @@ the Bollinger band) and closes back inside with RSI or Stochastic stretched; str
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.bars import Bars
-from shared.strategies.base import EvalContext, Match, StrategyDef, cached, ramp
+from shared.strategies.base import EvalContext, Feature, Match, StrategyDef, cached, ramp
 from shared.strategies.indicators import adx, atr, atr_warmup, bollinger, rsi, stochastic, wilder_warmup
 
 NAME = "range_reversion"
@@ -40,6 +43,8 @@ class RangeReversionParams(BaseModel):
     stoch_high: float = Field(80.0, ge=50.0, le=100.0, description="...or Stochastic %K above this (below 100 minus it)")
     stop_buffer_atr: float = Field(0.25, ge=0.0, le=3.0, description="stop beyond the range edge by this many ATRs")
     min_reward_r: float = Field(0.5, ge=0.0, le=10.0, description="the middle of the range at least this many R away")
+    adx_exit: float = Field(25.0, ge=0.0, le=100.0, description="an open trade's setup is invalid once ADX is above this "
+                            "(strategies.md: 25; never below adx_max); so is a close outside the signal's channel")
     weight_regime: float = Field(0.25, ge=0.0, le=1.0)
     weight_stretch: float = Field(0.25, ge=0.0, le=1.0)
     weight_tag: float = Field(0.25, ge=0.0, le=1.0)
@@ -152,6 +157,22 @@ def evaluate(bars: Bars, ctx: EvalContext, params: RangeReversionParams) -> Matc
     )
 
 
+def invalidation(bars: Bars, ctx: EvalContext, params: RangeReversionParams, features: Mapping[str, Feature]) -> np.ndarray:
+    """Per bar of `bars`, whether the setup a signal saw (its `channel_high` / `channel_low` features) no longer holds
+    at that bar's close: strategies.md's "invalid once ADX > 25 or a close outside the range".
+
+    Pure and vectorised: the executor asks it of the window's last bar, the backtester of every bar a trade is open,
+    so both exit on the same bar. A close on the channel's edge is outside it (evaluate() needs bottom < close < top).
+    """
+    top, bottom = float(features["channel_high"]), float(features["channel_low"])
+    close = bars.close
+    x = cached(ctx, bars, ("adx", params.adx_period), lambda: adx(bars.high, bars.low, close, params.adx_period))
+    # A bot with adx_max above adx_exit entered at an ADX over the exit level: its setup breaks only above both.
+    limit = max(params.adx_exit, params.adx_max)
+    with np.errstate(invalid="ignore"):  # NaN ADX (not enough bars yet) is not above the limit
+        return (x > limit) | (close >= top) | (close <= bottom)
+
+
 STRATEGY = StrategyDef(
     name=NAME,
     engine="scalper",
@@ -160,5 +181,6 @@ STRATEGY = StrategyDef(
     lookback=lookback,
     evaluate=evaluate,
     summary="In a tight ADX<20 range, fade a tag of the channel edge or Bollinger band with RSI/Stochastic stretched; "
-            "target the range's middle.",
+            "target the range's middle; exits early once ADX > 25 or a close leaves the range.",
+    invalidation=invalidation,
 )

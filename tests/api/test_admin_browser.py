@@ -5,10 +5,6 @@ without --admin cannot enter. Also: the embedded app mounts the API and the admi
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -27,21 +23,9 @@ from shared.db.engine import create_engine, session_factory, transaction
 from shared.db.models import SignalRow
 from shared.settings import Settings
 from shared.timeutil import ManualClock
-from tests.conftest import need
+from tests.browser_kit import Chromium, _free_port
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _settings(tmp_path, feed: str) -> Settings:
     return Settings(
@@ -110,84 +94,6 @@ class AdminServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-class Chromium:
-    """Headless chromium with a fresh profile, one page driven over the DevTools protocol (websocket)."""
-
-    def __init__(self, profile) -> None:
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={self.port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self._id = 0
-
-    async def __aenter__(self) -> Chromium:
-        import websockets
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                targets = httpx.get(f"http://127.0.0.1:{self.port}/json/list", timeout=2).json()
-                page = next(t for t in targets if t.get("type") == "page")
-                break
-            except (httpx.HTTPError, StopIteration):
-                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-                await asyncio.sleep(0.2)
-        self.ws = await websockets.connect(page["webSocketDebuggerUrl"], max_size=None)
-        await self.send("Page.enable")
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-    async def send(self, method: str, **params):
-        self._id += 1
-        ident = self._id
-        await self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        while True:
-            message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=30))
-            if message.get("id") == ident:
-                assert "error" not in message, message
-                return message.get("result", {})
-
-    async def evaluate(self, expression: str):
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"page never satisfied {expression}"
-            await asyncio.sleep(0.1)
-
-    async def open(self, url: str) -> None:
-        await self.send("Page.navigate", url=url)
-        await self.wait_for("document.readyState === 'complete' && location.href !== 'about:blank'")
-
-    async def log_in(self, base: str, name: str, key: str) -> None:
-        await self.open(f"{base}/admin/login")
-        await self.wait_for("!!document.querySelector('input[name=username]')")
-        await self.evaluate(
-            f"document.querySelector('input[name=username]').value = {json.dumps(name)};"
-            f"document.querySelector('input[name=password]').value = {json.dumps(key)};"
-            "document.querySelector('form').submit(); true"
-        )
-        await self.wait_for("document.readyState === 'complete' && !location.pathname.endsWith('/login') || !!document.querySelector('.alert, .invalid-feedback')")
-
-
-@pytest.fixture
-def chromium_available():
-    need(shutil.which("chromium") is not None, "Debian's chromium is not installed (apt-get install chromium)", required_by="SCALPER_REQUIRE_SERVICES")
 
 
 async def test_an_admin_logs_in_and_sees_the_replays_signals(tmp_path, gold_file, chromium_available):

@@ -77,6 +77,9 @@ ALL_ROUTES = [
     ("DELETE", "/api/v1/bots/1"), ("POST", "/api/v1/bots/1/pause"), ("POST", "/api/v1/bots/1/resume"), ("POST", "/api/v1/bots/1/kill"),
     ("POST", "/api/v1/kill"), ("GET", "/api/v1/signals"), ("GET", "/api/v1/signals/x"), ("GET", "/api/v1/decisions"),
     ("GET", "/api/v1/orders"), ("GET", "/api/v1/positions"), ("GET", "/api/v1/audit"), ("GET", "/api/v1/stats"),
+    ("POST", "/api/v1/positions/1/close"), ("GET", "/api/v1/notifications"), ("POST", "/api/v1/notifications"),
+    ("DELETE", "/api/v1/notifications/1"), ("POST", "/api/v1/notifications/1/test"),
+    ("POST", "/api/v1/alerts/alertmanager"),  # the service token's, which no user key is
 ]
 
 

@@ -24,7 +24,7 @@ from services.decision.service import DecisionService
 from services.decision.users import create_user
 from shared.db.engine import create_engine, session_factory, transaction, upgrade
 from shared.timeutil import ManualClock
-from tests.decision.decision_helpers import T0, RecordingBus, make_settings, make_signal
+from tests.decision.decision_helpers import T0, RecordingBus, make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -29,9 +30,17 @@ def test_json_and_html_on_a_week_of_gold(gold_file, tmp_path):
     assert doc["total"]["trades"] == len(doc["trades"]) > 0
     assert all("2026-04-20" <= t["opened_at"][:10] <= "2026-04-24" for t in doc["trades"])
     assert all(t["commission"] == pytest.approx(0.07) for t in doc["trades"])  # 0.01 lot x 7
+    report = doc["report"]
+    assert {"return_pct", "max_drawdown_pct", "sharpe", "sortino", "exposure_pct", "avg_hold_minutes", "longest_win_streak",
+            "longest_loss_streak", "exit_reasons", "monthly", "by_strategy", "by_symbol"} <= set(report)
+    assert sum(report["exit_reasons"].values()) == doc["total"]["trades"] == report["by_symbol"]["XAUUSD"]["trades"]
+    assert report["final_balance"] == doc["run"]["final_balance"]
     html = out_html.read_text()
-    assert html.startswith("<!doctype html>") and "<svg" in html and "Drawdown" in html
-    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in html  # no external assets
+    assert html.startswith("<!doctype html>") and "Equity and drawdown" in html and 'id="price"' in html
+    assert "Backtest XAUUSD · scalper · 2026-04-20 to 2026-04-24" in html  # a title a person reads, no raw ISO time
+    ours = re.sub(r'<script id="plotly-js">.*?</script>', "", html, flags=re.S)  # plotly.js inline, as the package ships it
+    assert "{'" not in ours.split("<script")[0]  # the run table shows no dict repr
+    assert len(ours) < len(html) and re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", ours) is None  # no external assets
     assert "total" in result.output
 
 
@@ -91,3 +100,17 @@ def test_a_file_without_spreads_backtests_like_the_same_bars_in_memory(gold_file
     expected = to_json(run_backtest(same, get_spec("XAUUSD"), config))
     assert doc["total"]["trades"] > 0
     assert (doc["total"], doc["trades"]) == (expected["total"], expected["trades"])
+
+
+def test_json_document_text_is_the_documents_content(gold_file, tmp_path):
+    """The --json text (scalper/backtest/jsonout.py: one trade a line) reads back to what json.dumps(indent=2) held."""
+    from scalper.backtest.jsonout import dumps_document
+
+    out = tmp_path / "bt.json"
+    result = invoke(gold_file, "--from", "2026-04-20", "--to", "2026-04-22", "--json", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    doc = json.loads(text)
+    assert doc["trades"] and text.count("\n") > len(doc["trades"])  # one trade a line, the rest indented
+    assert json.loads(dumps_document(doc)) == doc == json.loads(json.dumps(doc, indent=2))
+    assert dumps_document({}) == "{}" and json.loads(dumps_document({"a": [], "b": {"c": [1, 2]}})) == {"a": [], "b": {"c": [1, 2]}}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.stats import STAT_KEYS, ClosedTrade, compute_stats, max_drawdown
+from shared.stats import STAT_KEYS, ClosedTrade, compute_stats, compute_stats_arrays, max_drawdown
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
 
@@ -41,3 +44,18 @@ def test_drawdown_follows_close_order_not_input_order():
     late_loss, early_win = trade("a", -10, 5), trade("a", 10, 0)
     assert compute_stats([late_loss, early_win])["total"]["max_drawdown"] == 10.0
     assert max_drawdown([-3, -4, 10, -2]) == pytest.approx(7.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(-500, 500, allow_nan=False), st.integers(0, 50),
+                          st.integers(0, 30), st.one_of(st.none(), st.floats(-5, 5, allow_nan=False)),
+                          st.floats(-100, 100, allow_nan=False)), max_size=60))
+def test_array_stats_equal_compute_stats(rows):
+    """The backtester's numpy statistics give compute_stats' figures exactly, ties in closing time included."""
+    trades = [ClosedTrade(strategy=s, side="buy", pnl=pnl, pips=pips, r_multiple=r, opened_at=T0 + timedelta(minutes=o),
+                          closed_at=T0 + timedelta(minutes=o + d)) for s, pnl, o, d, r, pips in rows]
+    got = compute_stats_arrays(
+        [t.strategy for t in trades], [t.pnl for t in trades], [t.pips for t in trades],
+        [np.nan if t.r_multiple is None else t.r_multiple for t in trades],
+        [int(t.closed_at.timestamp()) for t in trades], [int(t.opened_at.timestamp()) for t in trades])
+    assert got == compute_stats(trades)

@@ -104,10 +104,19 @@ def test_the_day_month_order_is_decided_by_the_values_and_said(tmp_path, gold):
         assert any(w.startswith(f"dates read as {chosen}") for w in result.warnings), result.warnings
 
 
-def test_the_shipped_files_read_as_before(gold_file, eurusd_file):
-    for path, fmt, rows in ((gold_file, "mt5_rates_csv", 63_230), (eurusd_file, "mt5_export", 30_203)):
-        result = load_m1(path)
-        assert (result.format, result.rows, result.rejected, result.server_time) == (fmt, rows, [], "utc")
+def test_the_shipped_files_infer_us_dst_and_read_as_before_when_told_utc(gold_file, eurusd_file):
+    """Both shipped files are broker time (sessions end at 00:00 server time, 17:00 New York): us_dst, UTC+3 in their
+    months. Told `--server-time utc`, they read bit for bit as they did when UTC was the default."""
+    for path, fmt, rows, first_wall in ((gold_file, "mt5_rates_csv", 63_230, datetime(2026, 3, 24, 17, tzinfo=UTC)),
+                                        (eurusd_file, "mt5_export", 30_203, datetime(2018, 6, 1, tzinfo=UTC))):
+        inferred, as_utc = load_m1(path), load_m1(path, server_time="utc")
+        assert (inferred.format, inferred.rows, inferred.rejected, inferred.server_time) == (fmt, rows, [], "us_dst")
+        assert inferred.server_time_confidence >= 0.75 and inferred.suggestion is None
+        assert (as_utc.rows, as_utc.rejected, as_utc.zone, as_utc.first) == (rows, [], "utc", first_wall)
+        assert as_utc.suggestion == "--server-time us_dst"  # told utc, the loader still says what the file looks like
+        assert np.array_equal(inferred.bars.time, as_utc.bars.time - 3 * 3600)
+        for k in ("open", "high", "low", "close", "tick_volume", "spread"):
+            assert np.array_equal(getattr(inferred.bars, k), getattr(as_utc.bars, k)), k
 
 
 def test_a_long_line_is_refused_by_its_number(tmp_path, gold):

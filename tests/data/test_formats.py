@@ -176,7 +176,9 @@ def test_data_check_json(tmp_path):
     out = CliRunner().invoke(app, ["data", "check", str(path), "--json", "--utc-offset", "2"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
-    assert set(doc) == {"format", "rows", "rejected", "dropped_flat", "first", "last", "gaps", "warnings", "suggestion"}
+    assert set(doc) == {"format", "rows", "rejected", "dropped_flat", "first", "last", "gaps", "warnings", "server_time",
+                        "server_time_confidence", "suggestion"}
+    assert (doc["server_time"], doc["server_time_confidence"], doc["suggestion"]) == ("+2", 1.0, None)
     assert doc["format"] == "mt4_csv" and doc["rows"] == 1 and doc["first"] == "2024-05-28T22:00:00+00:00"
     assert doc["rejected"] == [{"line": 2, "reason": "open_close_outside_range"}]
 

@@ -85,7 +85,7 @@ def signal(bot, *, strategy, bar_time, side, score, rng, window, signal_id=None,
         signal_id=signal_id or signal_id_for(bot_id=bot.id, symbol=symbol, strategy=strategy, timeframe="1m", bar_time=bar_time),
         window_id=window, bot_id=bot.id, account_id=bot.account_id if account_id is None else account_id, symbol=symbol,
         timeframe="1m", strategy=strategy, side=side, bar_time=bar_time, entry=entry, stop=round(stop, 5), target=round(target, 5),
-        score=score, features={"atr": round(risk * 2, 5), "spread_points": rng.randint(0, 40)},
+        score=score, features={"atr": round(risk * 2, 5), "spread_points": rng.randint(0, 12)},
     )
 
 
@@ -219,10 +219,10 @@ async def test_a_scan_decided_together_makes_the_decisions_of_one_at_a_time(db):
     # The scan exercised the limits, not only the happy path: several reasons, opens, and a repeat's intent resent.
     decided_now = [d for d in alone["decisions"] if d["created_at"] == T0 + timedelta(seconds=20)]
     reasons = {d["reason"] for d in decided_now}
-    assert sum(d["action"] == "open" for d in decided_now) >= 10
-    assert {"max_concurrent_positions", "score_below_min", "account_not_active"} <= reasons, reasons
+    assert sum(d["action"] == "open" for d in decided_now) >= 8
+    assert {"max_concurrent_positions", "score_below_min", "account_not_active", "stop_within_spread"} <= reasons, reasons
     assert len(reasons) >= 6, reasons
-    assert len(decided_now) >= 100
+    assert len(decided_now) >= 90
     repeats = [i for _, i in alone_intents if i["produced_at"] < T0 + timedelta(seconds=20)]
     assert repeats, "the earlier scan's unanswered order was not sent again"
 

@@ -51,6 +51,8 @@ def test_defaults_open_with_every_check_recorded():
         "max_trades_per_day",
         "outside_trading_hours",
         "spread_too_wide",
+        "stop_within_spread",
+        "expected_r_below_min",
         "netting_conflict",
         "correlation_basket",
         "margin_insufficient",

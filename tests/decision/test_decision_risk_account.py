@@ -112,7 +112,7 @@ def test_every_failing_check_is_recorded_and_the_first_names_the_reason():
     result = decide(rules=rules, signal=fx_signal(features={"spread": 50}), exposure=exposure, spec=EURUSD, account=AccountRules(margin_mode="netting"))
     assert result.reason == "score_below_min"
     assert failed(result) == {"score_below_min", "max_concurrent_positions", "max_per_symbol", "max_trades_per_day", "outside_trading_hours",
-                              "spread_too_wide", "netting_conflict", "correlation_basket", "margin_insufficient"}
+                              "spread_too_wide", "stop_within_spread", "netting_conflict", "correlation_basket", "margin_insufficient"}
 
 
 # --- through the service, on SQLite and PostgreSQL ---------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from shared.db.models import Order, SignalRow
 from tests.distributed import cluster as kit
 from tests.distributed.private import PrivatePostgres, PrivateRabbit
-from tests.distributed.test_e2e import assert_exactly_once, replay_env, rows, scan_lines, settled
+from tests.distributed.test_e2e import assert_exactly_once, replay_env, rows, settled
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -68,7 +68,7 @@ def _check(cluster: kit.Cluster, env: dict[str, str], market_data: kit.ServicePr
     signals, decisions, orders, _ = assert_exactly_once(url)
     assert len(signals) > before, f"no signal after the restart ({before} before)\n{cluster.logs()}"
     # Every window market data published reached decision (a publish whose confirm was lost may come twice: at least).
-    assert len(scan_lines(decision)) >= market_data.metric("bar_windows_published_total") > 0
+    assert decision.metric("scan_lines_total") >= market_data.metric("bar_windows_published_total") > 0
     assert [o for o in orders if o.status == "filled"]
 
 

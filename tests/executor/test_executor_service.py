@@ -528,3 +528,18 @@ async def test_an_order_near_the_quote_is_sent(rig):
     await rig.service.handle_intent(intent(1).model_copy(update={"entry": 2010.0}), None)  # 0.5 % away: within 2 %
     [order] = await rig.orders()
     assert order.status == "filled" and len(rig.broker.place_calls) == 1
+
+
+async def test_fill_and_close_log_lines_say_bot_symbol_side_volume_and_price(rig):
+    from structlog.testing import capture_logs
+
+    await rig.priced()
+    with capture_logs() as logs:
+        await rig.service.handle_intent(intent(1), None)
+        [position] = await rig.positions()
+        await rig.service.handle_command(command("close_position", ticket=position.ticket), None)
+    (filled,) = [e for e in logs if e["event"] == "order filled"]
+    assert (filled["bot"], filled["symbol"], filled["side"], filled["volume"], filled["price"]) == (7, "XAUUSD", "buy", 0.1, 2000.30)
+    (closed,) = [e for e in logs if e["event"] == "position closed"]
+    assert (closed["bot"], closed["symbol"], closed["side"], closed["volume"]) == (7, "XAUUSD", "buy", 0.1)
+    assert closed["price"] is not None and closed["reason"] == "manual" and closed["pnl"] is not None

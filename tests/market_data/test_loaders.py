@@ -31,10 +31,13 @@ def test_gold_file_loads_fast_with_every_bar(gold_file):
     assert result.format == "mt5_rates_csv"
     assert result.rows == 63_230
     assert result.rejected == [] and result.dropped_flat == 0
-    assert result.first == utc(2026, 3, 24, 17, 0) and result.last == utc(2026, 5, 28, 17, 0)
+    # Broker time: the daily break and the weekly close at 00:00 server time are 17:00 New York, so us_dst (UTC+3 in
+    # this file's months): the first row `2026-03-24 17:00:00` is 14:00 UTC.
+    assert (result.zone, result.server_time) == ("us_dst", "us_dst") and result.server_time_confidence > 0.9
+    assert result.first == utc(2026, 3, 24, 14, 0) and result.last == utc(2026, 5, 28, 14, 0)
     assert result.gaps == 46
     assert int(np.diff(result.bars.time).max()) == 4_383 * 60  # the longest gap (Good Friday), as the data README says
-    assert any("UTC" in w for w in result.warnings)
+    assert any("inferred as us_dst" in w for w in result.warnings)
     assert result.bars.spread[0] == 12 and result.bars.tick_volume[0] == 611
     assert elapsed < 1.0, f"63k rows took {elapsed:.2f}s"
 
@@ -52,7 +55,8 @@ def test_eurusd_export_keeps_flat_bars_with_ticks(eurusd_file):
     result = load_m1(eurusd_file)
     assert result.format == "mt5_export"
     assert result.rows == 30_203
-    assert result.first == utc(2018, 6, 1, 0, 0) and result.last == utc(2018, 6, 29, 23, 59)
+    assert result.zone == "us_dst" and result.server_time_confidence > 0.75  # four weekly closes at 00:00 server time
+    assert result.first == utc(2018, 5, 31, 21, 0) and result.last == utc(2018, 6, 29, 20, 59)
     assert result.gaps == 12
     b = result.bars
     flat = (b.open == b.high) & (b.high == b.low) & (b.low == b.close)

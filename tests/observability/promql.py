@@ -17,6 +17,8 @@ PROMETHEUS_OWN = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scr
 # Counters that only exist once their event happened (their labels are not known before): a healthy run may have
 # none. The stack must still declare them (HELP and TYPE in /metrics).
 EVENT_ONLY = frozenset({"bars_rejected_total", "decision_ignored_total"})
+# Exported by the mt5 broker only (a paper replay never imports it): checked against that module's counters instead.
+MT5_ONLY = frozenset({"mt5_alerts_total"})
 
 _KEYWORDS = frozenset({
     "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset", "bool", "inf", "nan",

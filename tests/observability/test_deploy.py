@@ -265,13 +265,29 @@ def test_compose_publishes_only_the_api_grafana_and_the_documented_management_ui
     everywhere = {(name, port) for name, ports in published.items() for host, port in ports if host in ("", "0.0.0.0")}
     assert everywhere == {("decision", "8000"), ("grafana", "3000")}
     loopback = {(name, port) for name, ports in published.items() for host, port in ports if host == "127.0.0.1"}
-    assert loopback <= {("prometheus", "9090"), ("rabbitmq", "15672"), ("jaeger", "16686")}
+    assert loopback <= {("prometheus", "9090"), ("alertmanager", "9093"), ("rabbitmq", "15672"), ("jaeger", "16686")}
     header = COMPOSE.read_text().split("\nx-scalper-image")[0]
     for _, port in loopback:
         assert f"127.0.0.1:{port}" in header, f"the header documents the management UI on {port}"
     for internal in ("postgres", "market-data", "strategy", "executor", "executor-standby", "otel-collector"):
         assert internal not in published, f"{internal} must not be published on the host"
     assert "5672" not in [port for _, port in _host_ports(compose["services"]["rabbitmq"])]
+
+
+def test_alertmanager_routes_every_alert_to_decisions_webhook_with_the_service_token(compose):
+    config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    (receiver,) = config["receivers"]
+    assert config["route"]["receiver"] == receiver["name"]
+    (hook,) = receiver["webhook_configs"]
+    decision = compose["services"]["decision"]["command"]
+    assert hook["url"] == f"http://decision:{decision[decision.index('--port') + 1]}/api/v1/alerts/alertmanager"
+    token_file = hook["http_config"]["authorization"]["credentials_file"]
+    service = compose["services"]["alertmanager"]
+    assert token_file in " ".join(service["command"]) and "SCALPER_SERVICE_TOKEN" in service["environment"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    rules = {r["alert"] for g in yaml.safe_load(ALERTS_YML.read_text())["groups"] for r in g["rules"]}
+    assert {"ExecutorDown", "AlgoTradingOff", "KillSwitchTripped"} <= rules
 
 
 def test_prometheus_runs_without_the_lifecycle_api(compose):

@@ -96,3 +96,14 @@ def test_no_trend_no_harami():
     flat = rows[:-7] + [(2003.0, 2003.1, 2000.4, 2000.5), (2001.5, 2001.8, 2001.2, 2001.6)]
     assert evaluate(m1_from_5m(flat), GOLD, HaramiParams()) is None
     assert evaluate(m1_from_5m(flat), GOLD, HaramiParams(move_atr=0.0)) is not None
+
+
+def test_the_summary_states_the_move_the_code_asks():
+    import re
+
+    from shared.strategies.catalog import describe
+
+    [entry] = [d for d in describe() if d["name"] == "harami"]
+    stated = float(re.search(r"a move of at least ([0-9.]+) ATR", entry["summary"]).group(1))
+    assert stated == HaramiParams().move_atr == entry["defaults"]["move_atr"]
+    assert HaramiParams().target_r == float(re.search(r"([0-9.]+)R target", entry["summary"]).group(1))

@@ -113,7 +113,8 @@ async def test_a_match_fans_out_to_every_subscribed_bot_from_one_evaluation(work
         assert (signal.window_id, signal.bar_time, signal.timeframe) == (window.message_id, bar_time, "1m")
         assert (signal.strategy, signal.side, signal.score) == ("counting", "buy", 0.5)
         assert (signal.entry, signal.stop, signal.target) == (FLAT[3], FLAT[3] - 1, FLAT[3] + 2)
-        assert signal.features == {"threshold": 0.5, "symbol": "XAUUSD"}
+        # the worker adds the bar's spread (a window without spreads: the symbol's typical 12 points) for the cost gates
+        assert signal.features == {"threshold": 0.5, "symbol": "XAUUSD", "spread_points": 12.0}
         assert signal.produced_at == NOW
     assert (report.window_id, report.symbol, report.timeframe) == (window.message_id, "XAUUSD", "1m")
     assert report.bar_time == bar_time

@@ -30,17 +30,19 @@ class ReplayFeed:
         *,
         server_time: str | None = None,
         utc_offset_hours: float | None = None,
+        tz: str | None = None,
         warmup_bars: int = WARMUP_BARS,
         session_break_min: float = 30.0,
     ) -> None:
         """Load `path` now (construction may block; serving never does).
 
-        `symbol` defaults to the file name's leading letters (`XAUUSD_M1.csv` -> `XAUUSD`). A hole of at least
+        The file's clock: `server_time`, `utc_offset_hours` or `tz` when given, else the one `load_m1` infers from
+        its weekly close and daily break (UTC, with a warning, when it cannot tell). `symbol` defaults to the file name's leading letters (`XAUUSD_M1.csv` -> `XAUUSD`). A hole of at least
         `session_break_min` minutes between two bars of the file is a scheduled break (gold's daily hour, a holiday):
         the market counts as closed there, so staleness is judged only where the recording has bars or has ended.
         """
         self.path = Path(path)
-        self.load: LoadResult = load_m1(self.path, utc_offset_hours=utc_offset_hours, server_time=server_time)
+        self.load: LoadResult = load_m1(self.path, utc_offset_hours=utc_offset_hours, server_time=server_time, tz=tz)
         if len(self.load.bars) == 0:
             raise ValueError(f"{self.path} holds no usable bars ({len(self.load.rejected)} rejected)")
         if symbol is None:

@@ -1,0 +1,31 @@
+"""`scalper backtest --json`'s `signals`: every signal, traded or not, with its first-touch outcome, so anyone can check
+a calibration from outside."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from scalper.backtest.engine import spreads_for
+from scalper.calibrate.outcomes import outcomes_of
+from shared.bars import Bars
+from shared.symbols import SymbolSpec
+from shared.timeutil import from_epoch
+
+
+def signal_records(bars: Bars, spec: SymbolSpec, signals: Sequence, *, spread_points: float | None = None) -> list[dict[str, Any]]:
+    """One object per signal: time (the judged bar's open, UTC), strategy, side, entry, sl, tp, score, p_win,
+    expected_r_net (null without a calibration) and outcome ("tp", "sl" or "open"). `bars` are the bars the signals
+    index (after the sanity rule)."""
+    spread = spreads_for(bars, spec, spread_points)
+    labels = outcomes_of(bars, spread, spec.point, signals)
+    out = []
+    for s, outcome in zip(signals, labels.outcome.tolist(), strict=True):
+        out.append({
+            "time": from_epoch(s.bar_time).isoformat(), "strategy": s.strategy, "side": s.side,
+            "entry": s.entry, "sl": s.stop, "tp": s.target, "score": round(s.score, 6),
+            "p_win": None if s.p_win is None else round(s.p_win, 6),
+            "expected_r_net": None if s.expected_r_net is None else round(s.expected_r_net, 6),
+            "outcome": outcome,
+        })
+    return out
