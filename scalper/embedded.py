@@ -48,6 +48,7 @@ from shared.telemetry import MetricsSampler, configure_telemetry
 from shared.timeutil import AcceleratedClock, Clock, TerminalClock, floor_minute, terminal_observer
 
 log = get_logger(__name__)
+STOP_SETTLE_S = 5.0  # at stop, how long each service's consumers still running get for what is queued to them
 
 
 class FeedError(ValueError):
@@ -161,15 +162,27 @@ class EmbeddedStack:
     async def stop(self) -> None:
         if self.sampler is not None:
             await self.sampler.stop()
-        for service in (self.market_data, self.strategy, self.decision, self.executor):
+        # Decision last, after what is on its way has settled: the in-memory bus is not durable, so an event the
+        # executor publishes while it stops (a position its last bars closed) is lost if decision no longer consumes,
+        # and the decision would count that closed position as open for ever. An intent decided after the executor
+        # stopped is lost the same way; decision re-sends it at the next start (services/decision/resend.py).
+        for service in (self.market_data, self.strategy, self.executor, self.decision):
             if service is not None:
                 await service.stop()
+                await self._settle_bus()
         if self.notifier is not None:
             await self.notifier.stop()
         if isinstance(self.feed, MT5Feed):
             await self.feed.close()
         await self.bus.close()
         await self.engine.dispose()
+
+    async def _settle_bus(self, timeout: float = STOP_SETTLE_S) -> None:
+        """Let the consumers still running handle what is queued for them (bounded: a stop never hangs on it)."""
+        try:
+            await self.bus.idle(timeout=timeout)
+        except TimeoutError as exc:
+            log.warning("messages still queued at stop", error=str(exc))
 
     async def readiness(self) -> tuple[bool, dict]:
         details: dict = {"bus": await self.bus.healthy()}

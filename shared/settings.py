@@ -79,6 +79,11 @@ class Settings(BaseSettings):
                     "wait for the broker's confirms",
     )
     order_ttl_s: float = Field(default=30.0, gt=0, description="an order intent not sent within this is expired")
+    intent_resend_grace_s: float = Field(
+        default=30.0, gt=0,
+        description="a decision still `sent` this long past its order's expiry has its intent sent again (real seconds, "
+                    "like order_ttl_s), so the executor answers it; decision looks at start and every this long",
+    )
     paper_balance: float = Field(default=10_000.0, gt=0)
     paper_commission_per_lot: float = Field(default=0.0, ge=0)
     lookback_bars: int = Field(default=100, ge=20, description="fewest closed bars a scan publishes")

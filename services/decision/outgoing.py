@@ -21,3 +21,10 @@ async def enqueue_commands(*, session: AsyncSession, commands: Sequence[Executor
         await outbox.enqueue(session=session, message=command, exchange=topology.EXECUTION_COMMANDS, routing_key=str(command.account_id))
         for command in commands
     ]
+
+
+async def enqueue_intents(*, session: AsyncSession, intents: Sequence[OrderIntent]) -> list[outbox.Pending]:
+    """Several intents in one multi-row INSERT (each to its account's executor)."""
+    return await outbox.enqueue_many(
+        session=session, items=[(intent, topology.EXECUTION_ORDERS, str(intent.account_id)) for intent in intents]
+    )

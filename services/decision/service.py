@@ -18,6 +18,7 @@ from services.decision import alerts, events, killswitch, outgoing, plan
 from services.decision.batch import decide_account
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
+from services.decision.resend import IntentResender
 from services.decision.scanline import ScanLine, ScanLog, scan_lines
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
@@ -95,6 +96,10 @@ class DecisionService:
         self._rates: RatesClient | None = None  # made on first use: asks a terminal to describe a symbol
         self._patience: Patience = patience or NO_PATIENCE  # how the consumers meet an unreachable database
         self.outbox = outbox or OutboxRelay(bus=bus, sessions=sessions)
+        # Real seconds, like the order's life: multiplied by the clock's speed.
+        self.resender = IntentResender(
+            sessions=sessions, clock=clock, grace_s=settings.intent_resend_grace_s * clock.speed, kick=self.send_committed,
+        )
         self._sessions = sessions
         self._clock = clock
         self._settings = settings
@@ -129,8 +134,10 @@ class DecisionService:
         ))
         self._consumers.append(await self._bus.consume(topology.DECISION_EVENTS, self.on_events_queue, prefetch=prefetch))
         self._plan_task = asyncio.create_task(self._plan_loop(), name="decision:plan")
+        self.resender.start()  # decisions left `sent` past their expiry: their intents go out again (resend.py)
 
     async def stop(self) -> None:
+        await self.resender.stop()
         if self._plan_task is not None:
             self._plan_task.cancel()
             with suppress(asyncio.CancelledError):

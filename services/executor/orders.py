@@ -64,14 +64,14 @@ async def process_intent(ex: ExecutorState, intent: OrderIntent) -> None:
         await publish_outcome(ex, order.id)
         return
     if order.status in store.FINAL_ORDER_STATUSES:
-        if order.report_sent:
-            # The bus confirmed its report already: publishing it again would only make decision drop a copy.
-            ex.log.info("order intent seen again: its report went out already", client_order_id=order.client_order_id, status=order.status)
-            return
-        ex.log.info("order intent seen again: publishing its outcome", client_order_id=order.client_order_id, status=order.status)
+        # Reported again even when the bus confirmed the first report: decision sends an intent again only while its
+        # decision is still `sent` (its report was lost, or a repeat), and this answer is what settles it.
+        ex.log.info("order intent seen again: publishing its outcome", client_order_id=order.client_order_id, status=order.status,
+                    report_sent=order.report_sent)
         await publish_outcome(ex, order.id)
         return
-    if created and ex.exit_rule.opposite_signal:
+    if created and ex.exit_rule.opposite_signal and now < intent.expires_at:
+        # Not for an intent already expired (a re-sent one, never placed): it must change nothing at the broker.
         await exit_on_opposite(ex, intent)
     # `settle` expires an intent already past its expiry without calling the broker. An order created just now
     # had its kill-switch block checked in the transaction that recorded it.

@@ -141,6 +141,14 @@ class Decision(SQLModel, table=True):
     """One per signal. For `open`, it also keeps the read model of its order and position from the executor's events."""
 
     __tablename__ = "decisions"
+    # Decision's re-send of unanswered intents (services/decision/resend.py) looks only at decisions still `sent`: a
+    # partial index keeps that cheap as the answered ones pile up.
+    __table_args__ = (
+        sa.Index(
+            "ix_decisions_sent", "expires_at",
+            sqlite_where=sa.text("order_status = 'sent'"), postgresql_where=sa.text("order_status = 'sent'"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     signal_id: str = Field(foreign_key="signals.signal_id", unique=True, max_length=36)
     bot_id: int = Field(foreign_key="bots.id", index=True)

@@ -5,7 +5,8 @@ Each life: start `scalper run --feed replay:XAUUSD_M1.csv --speed 3000` (the dem
 bar every 20 ms, `aligned` scans), wait for GET /readyz, let it trade a seeded random 4-10 s, then SIGKILL its whole
 process group. Between two lives the database is quiet, so the test snapshots it (tests/crash_kit.py, `Boundary`):
 that is what the next life's paper broker is rebuilt from. The sixth life runs until it has filled an order and a
-few seconds more, then gets SIGINT and must exit cleanly.
+few seconds more (and until every decision the kills left `sent` is settled), then gets SIGINT and must exit
+cleanly. The order life is 5 real seconds and the re-send grace 2, so such a decision is re-sent within that life.
 
 The checks are crash_kit.check's (see its module docstring for what each proves and what cannot be checked from
 outside): every filled order has exactly one position row (account, client_order_id, same ticket); no ticket is
@@ -39,6 +40,8 @@ SPEED = 3000.0
 KILLS = 5
 LIFE_S = (4.0, 10.0)  # a life's length after it is ready, before its SIGKILL
 FINAL_RUN_S = 6.0  # the final life, after its first fill
+ORDER_TTL_S = 5.0  # real seconds (at 3000x, about 4 hours of feed time)
+RESEND_GRACE_S = 2.0
 
 
 class Life:
@@ -87,6 +90,10 @@ def _env(url: str) -> dict[str, str]:
         "SCALPER_BUS_URL": "memory://",
         "SCALPER_BROKER": "paper",
         "SCALPER_SCAN_MODE": "aligned",  # a scan one (sim) second after each M1 close
+        # Short enough that a decision a kill left `sent` (its intent lost with the in-memory bus) is past its expiry
+        # and the grace within the final life, and decision's re-send settles it (services/decision/resend.py).
+        "SCALPER_ORDER_TTL_S": str(ORDER_TTL_S),
+        "SCALPER_INTENT_RESEND_GRACE_S": str(RESEND_GRACE_S),
         "SCALPER_LOG_FORMAT": "json",
         "SCALPER_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
@@ -98,6 +105,10 @@ def _env(url: str) -> dict[str, str]:
 
 def _filled(url: str) -> set[str]:
     return {o.client_order_id for o in crash_kit.load(url).orders if o.status == "filled"}
+
+
+def _left_sent(url: str, through_id: int) -> list[int]:
+    return [d.id for d in crash_kit.load(url).decisions if d.action == "open" and d.order_status == "sent" and d.id <= through_id]
 
 
 def test_embedded_stack_survives_five_sigkills_with_consistent_orders_and_positions(tmp_path, gold_file):
@@ -127,6 +138,12 @@ def test_embedded_stack_survives_five_sigkills_with_consistent_orders_and_positi
             eventually(lambda: _filled(url) - before, timeout=25, interval=0.5, what="a fill in the final life")
         except AssertionError:
             pass  # reported by the checks below (the final life filled nothing), with everything else
+        try:
+            # Every decision the killed lives left `sent` is answered in this one (re-sent past its expiry and grace).
+            eventually(lambda: not _left_sent(url, boundaries[-1].max_decision_id), timeout=30, interval=0.5,
+                       what="the killed lives' `sent` decisions settled")
+        except AssertionError:
+            pass  # reported by the checks below (a decision to open without a final order), with everything else
         time.sleep(FINAL_RUN_S)
         code = final.interrupt()
     finally:

@@ -163,6 +163,21 @@ async def test_time_stop_and_opposite_signal_exits(sessions):
     await rig.service.stop()
 
 
+async def test_an_expired_intent_closes_no_opposite_position(sessions):
+    """An intent past its expiry (decision's re-send of one lost on its way) is recorded expired and changes nothing
+    at the broker, not even the opposite-signal exit its placing would have made."""
+    rig = Rig(sessions, rules=PositionRules(_env_file=None, exit_on_opposite_signal=True))
+    await rig.service.start()
+    await rig.priced()
+    await rig.bus.deliver(ORDERS_Q, intent(1, side="buy"))
+    stale = intent(2, side="sell", sl=2010.0, tp=1990.0, produced_at=NOW - timedelta(seconds=40), expires_at=NOW - timedelta(seconds=10))
+    await rig.bus.deliver(ORDERS_Q, stale)
+    assert rig.events("closed") == []
+    assert len(await rig.paper.positions()) == 1
+    assert [r.status for r in rig.reports()] == ["filled", "expired"]
+    await rig.service.stop()
+
+
 # --- the executor on the MT5 adapter and the simulator -------------------------------------------------------------
 
 

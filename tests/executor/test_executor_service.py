@@ -79,7 +79,7 @@ async def test_a_fill_records_the_order_and_position_then_reports_both(rig):
     assert (request.client_order_id, request.magic) == (message.client_order_id, message.magic)
 
 
-async def test_an_intent_delivered_twice_makes_one_order_and_one_position_and_one_report(rig):
+async def test_an_intent_delivered_twice_makes_one_order_and_one_position_and_reports_its_status_again(rig):
     await rig.priced()
     message = intent(1)
     await rig.service.handle_intent(message, None)
@@ -88,9 +88,27 @@ async def test_an_intent_delivered_twice_makes_one_order_and_one_position_and_on
     assert len(rig.broker.place_calls) == 1
     assert len(await rig.orders()) == 1
     assert len(await rig.positions()) == 1
-    [report] = rig.reports()  # the bus confirmed it the first time: the copy publishes nothing
-    assert report.status == "filled"
+    # Reported again although the bus confirmed the first report: decision re-sends an intent only while its decision
+    # is still `sent` (the report was lost), and this copy is what settles it. Same message id: decision drops repeats.
+    first, again = rig.reports()
+    assert (first.status, again.status, again.message_id, again.ticket) == ("filled", "filled", first.message_id, first.ticket)
     assert len(rig.events("opened")) == 1
+
+
+async def test_a_re_sent_intent_past_its_expiry_for_a_filled_order_gets_filled_again_and_places_nothing(rig):
+    """Decision's re-send (services/decision/resend.py) comes after the intent expired: an order the executor holds
+    is answered with its real status, never expired and never placed twice."""
+    await rig.priced()
+    message = intent(1)
+    await rig.service.handle_intent(message, None)
+    rig.clock.advance(timedelta(minutes=5))  # well past message.expires_at
+    assert rig.clock.now() > message.expires_at
+    await rig.service.handle_intent(message, None)
+
+    assert len(rig.broker.place_calls) == 1
+    [order] = await rig.orders()
+    assert order.status == "filled"
+    assert [r.status for r in rig.reports()] == ["filled", "filled"]
 
 
 async def test_an_intent_whose_report_was_not_confirmed_publishes_the_same_report_again(rig):
@@ -118,9 +136,10 @@ async def test_an_expired_intent_is_never_sent_and_is_reported_expired(rig):
     assert (report.status, report.client_order_id, report.ticket) == ("expired", stale.client_order_id, None)
     assert await rig.positions() == []
     assert orders_placed_total.labels(status="expired")._value.get() == before + 1
-    # Delivered again, still never sent.
+    # Delivered again, still never sent; reported expired again.
     await rig.service.handle_intent(stale, None)
-    assert rig.broker.place_calls == [] and [r.status for r in rig.reports()] == ["expired"]
+    assert rig.broker.place_calls == [] and [r.status for r in rig.reports()] == ["expired", "expired"]
+    assert orders_placed_total.labels(status="expired")._value.get() == before + 1
 
 
 async def test_an_order_left_in_sending_is_found_at_the_broker_on_start_up_and_never_sent_again(sessions):
