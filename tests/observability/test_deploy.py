@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from scalper.cli import app as cli_app
 from scalper.serve import DEFAULT_PORTS, SERVICES, build_process
+from services.executor.rules import PositionRules
 from shared.settings import REPO_ROOT, Settings
 from tests.conftest import need
 
@@ -22,7 +23,8 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 DEPLOY = REPO_ROOT / "deploy"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"
-FIELDS = {f"SCALPER_{name.upper()}" for name in Settings.model_fields}
+# Settings and the executor's position rules: both are read from SCALPER_* variables.
+FIELDS = {f"SCALPER_{name.upper()}" for name in (*Settings.model_fields, *PositionRules.model_fields)}
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
 REQUIRED_SECRETS = {"RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "SCALPER_SERVICE_TOKEN", "SCALPER_SECRET_KEY"}
 

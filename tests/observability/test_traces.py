@@ -22,7 +22,8 @@ from shared.messages import OrderIntent
 from tests.bus.conftest import rabbit_bus
 from tests.observability.conftest import REPLAY_MINUTES, drive
 
-CHAIN = ("BarWindow", "Signal", "OrderIntent", "ExecutionReport")
+# A window's signals travel together in one ScanResult (schema 1.1), so that is the hop between window and order.
+CHAIN = ("BarWindow", "ScanResult", "OrderIntent", "ExecutionReport")
 
 
 def _by_trace(finished) -> dict[int, list]:
@@ -49,7 +50,7 @@ async def test_a_bar_window_its_signal_order_and_fill_share_one_trace(gold_stack
 
     traces = _by_trace(spans.get_finished_spans())
     full = [t for t in traces.values() if set(CHAIN) <= _types(t, SpanKind.CONSUMER)]
-    assert full, "no trace holds the whole chain BarWindow -> Signal -> OrderIntent -> ExecutionReport"
+    assert full, "no trace holds the whole chain BarWindow -> ScanResult -> OrderIntent -> ExecutionReport"
     chain = full[0]
     # One root: the BarWindow's publish; every other span descends from it.
     roots = [s for s in chain if s.parent is None]
@@ -67,7 +68,7 @@ async def test_a_bar_window_its_signal_order_and_fill_share_one_trace(gold_stack
         node = by_id.get(node.parent.span_id) if node.parent is not None else None
     assert path[::-1] == [
         (SpanKind.PRODUCER, "BarWindow"), (SpanKind.CONSUMER, "BarWindow"),
-        (SpanKind.PRODUCER, "Signal"), (SpanKind.CONSUMER, "Signal"),
+        (SpanKind.PRODUCER, "ScanResult"), (SpanKind.CONSUMER, "ScanResult"),
         (SpanKind.PRODUCER, "OrderIntent"), (SpanKind.CONSUMER, "OrderIntent"),
     ]
     # Windows that traded nothing are traces of their own: one trace per bar window, not one for the whole run.
