@@ -91,10 +91,13 @@ class Trade:
         return ClosedTrade(strategy=self.strategy, side=self.side, pnl=self.pnl, pips=self.pips, r_multiple=self.r_multiple,
                            opened_at=from_epoch(self.entry_time), closed_at=from_epoch(self.exit_time))
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, opened_at: str | None = None, closed_at: str | None = None) -> dict[str, Any]:
+        """The trade's JSON row; `opened_at` / `closed_at`, when given, are its times' ISO text (a caller with many
+        trades formats them at once: scalper/backtest/jsonout.iso_utc)."""
         return {
             "strategy": self.strategy, "side": self.side, "score": round(self.score, 4),
-            "opened_at": from_epoch(self.entry_time).isoformat(), "closed_at": from_epoch(self.exit_time).isoformat(),
+            "opened_at": from_epoch(self.entry_time).isoformat() if opened_at is None else opened_at,
+            "closed_at": from_epoch(self.exit_time).isoformat() if closed_at is None else closed_at,
             "entry": self.entry_price, "exit": self.exit_price, "sl": self.initial_sl, "tp": self.tp, "volume": self.volume,
             "reason": self.reason, "pnl": round(self.pnl, 2), "commission": round(self.commission, 2),
             "swap": round(self.swap, 2), "pips": round(self.pips, 2),
