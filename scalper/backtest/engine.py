@@ -37,6 +37,7 @@ from shared.timeutil import from_epoch
 
 BAR_S = 60
 KILL_SWITCH_MAX_DAILY_LOSS_PCT = 2.0  # architecture.md, "Kill switch"
+_FIRST_CHUNK = 64  # bars searched first for a trade's exit (most M1 scalps close within it)
 _SEARCH_CHUNK = 512
 _NO_ID = uuid.UUID(int=0)
 
@@ -90,10 +91,13 @@ class Trade:
         return ClosedTrade(strategy=self.strategy, side=self.side, pnl=self.pnl, pips=self.pips, r_multiple=self.r_multiple,
                            opened_at=from_epoch(self.entry_time), closed_at=from_epoch(self.exit_time))
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, opened_at: str | None = None, closed_at: str | None = None) -> dict[str, Any]:
+        """The trade's JSON row; `opened_at` / `closed_at`, when given, are its times' ISO text (a caller with many
+        trades formats them at once: scalper/backtest/jsonout.iso_utc)."""
         return {
             "strategy": self.strategy, "side": self.side, "score": round(self.score, 4),
-            "opened_at": from_epoch(self.entry_time).isoformat(), "closed_at": from_epoch(self.exit_time).isoformat(),
+            "opened_at": from_epoch(self.entry_time).isoformat() if opened_at is None else opened_at,
+            "closed_at": from_epoch(self.exit_time).isoformat() if closed_at is None else closed_at,
             "entry": self.entry_price, "exit": self.exit_price, "sl": self.initial_sl, "tp": self.tp, "volume": self.volume,
             "reason": self.reason, "pnl": round(self.pnl, 2), "commission": round(self.commission, 2),
             "swap": round(self.swap, 2), "pips": round(self.pips, 2),
@@ -134,6 +138,7 @@ class _Book:
         self.n = len(bars)
         self.spread = spreads_for(bars, spec, config.spread_points)
         self.ask_add = self.spread * spec.point
+        self.ask_low, self.ask_high = bars.low + self.ask_add, bars.high + self.ask_add  # a short's stop and target trigger on the ask
         # Broker day of each bar's close (decisions happen at a bar's close; a position is marked at closes).
         self.day = day_keys(bars.time + BAR_S, config.server_time)
         self.day_of_open = day_keys(bars.time, config.server_time)
@@ -147,6 +152,14 @@ class _Book:
         self.sent_per_day: Counter = Counter()
         self.ignored: Counter = Counter()
         self._atr: np.ndarray | None = None
+        # Built without validation: a signal's values passed Match's checks (or, from arrays, the same checks in
+        # signals._fragile), and validating a model per trade cost more than the risk checks themselves.
+        self.signal_template = Signal.model_construct(
+            signal_id=_NO_ID,  # the dedupe key's uuid5 is not a risk input (and costs more than the check itself)
+            message_id=_NO_ID, produced_at=from_epoch(0),  # no clock, no random ids: a backtest is deterministic
+            bot_id=1, account_id=1, symbol=config.symbol, timeframe="1m", strategy="", side="buy",
+            bar_time=from_epoch(0), entry=0.0, stop=0.0, target=0.0, score=0.0, features={}, p_win=None, expected_r_net=None,
+        )
 
     # --- exits -------------------------------------------------------------------------------------------------
 
@@ -157,37 +170,51 @@ class _Book:
         value = float(self._atr[k])
         return value if value > 0 else None
 
+    def _first_hit(self, t: Trade, start: int, stop: int) -> tuple[int, tuple[float, str]] | None:
+        """The first bar in [start, stop) whose range takes the trade's stop or target, and what fills.exit_on_bar
+        answers there; the bars are screened in stretches by the same comparisons the fill model makes."""
+        b, spec = self.bars, self.spec
+        k, size = start, _FIRST_CHUNK
+        while k < stop:
+            end = min(k + size, stop)
+            if t.side == "buy":
+                low, high = b.low[k:end], b.high[k:end]
+            else:
+                low, high = self.ask_low[k:end], self.ask_high[k:end]
+            if t.sl is not None and t.tp is not None:
+                hit = (low <= t.sl) | (high >= t.tp) if t.side == "buy" else (high >= t.sl) | (low <= t.tp)
+            elif t.sl is not None:
+                hit = (low <= t.sl) if t.side == "buy" else (high >= t.sl)
+            elif t.tp is not None:
+                hit = (high >= t.tp) if t.side == "buy" else (low <= t.tp)
+            else:
+                return None
+            for j in np.flatnonzero(hit).tolist():  # the fill model decides (it agrees with the mask; this keeps it the one rule)
+                got = fills.exit_on_bar(t.side, t.sl, t.tp, open=float(b.open[k + j]), high=float(b.high[k + j]),
+                                        low=float(b.low[k + j]), spread_points=float(self.spread[k + j]), spec=spec)
+                if got is not None:
+                    return k + j, got
+            k, size = end, _SEARCH_CHUNK
+        return None
+
     def _find_exit(self, t: Trade, invalid_at: int | None = None) -> None:
         """Set the trade's exit: the first bar from its entry bar on whose range takes its stop or target (fills.exit_on_bar),
-        with the executor's trailing stop and time stop applied at each bar's close when they are on; else the end."""
+        with the executor's trailing stop and time stop applied at each bar's close when they are on, and the
+        strategy's invalidation at the close of bar `invalid_at` (closed at the next bar's open); else the end."""
         b, spec, e = self.bars, self.spec, t.entry_index
-        per_bar = self.config.trail.mode != "off" or self.config.exits.time_stop_min > 0
-        per_bar = per_bar or invalid_at is not None  # the strategy's invalidation exit at that bar's close
-        if not per_bar:
-            k = e
-            while k < self.n:
-                stop = min(k + _SEARCH_CHUNK, self.n)
-                if t.side == "buy":
-                    hit = np.zeros(stop - k, bool)
-                    if t.sl is not None:
-                        hit |= b.low[k:stop] <= t.sl
-                    if t.tp is not None:
-                        hit |= b.high[k:stop] >= t.tp
-                else:
-                    hit = np.zeros(stop - k, bool)
-                    if t.sl is not None:
-                        hit |= b.high[k:stop] + self.ask_add[k:stop] >= t.sl
-                    if t.tp is not None:
-                        hit |= b.low[k:stop] + self.ask_add[k:stop] <= t.tp
-                where = np.flatnonzero(hit)
-                for j in where.tolist():  # the fill model decides (it agrees with the mask; this keeps it the one rule)
-                    got = fills.exit_on_bar(t.side, t.sl, t.tp, open=float(b.open[k + j]), high=float(b.high[k + j]),
-                                            low=float(b.low[k + j]), spread_points=float(self.spread[k + j]), spec=spec)
-                    if got is not None:
-                        self._close(t, k + j, got[0], got[1])
-                        return
-                k = stop
-            self._close_at_end(t)
+        if self.config.trail.mode == "off" and self.config.exits.time_stop_min <= 0:
+            # No rule moves the stop or closes the trade at a bar's close: the first hit up to the invalidation bar.
+            if invalid_at is not None:
+                invalid_at = max(invalid_at, e)  # the entry bar's close is the first the monitor judges
+            last = self.n if invalid_at is None else min(invalid_at + 1, self.n)
+            hit = self._first_hit(t, e, last)
+            if hit is not None:
+                self._close(t, hit[0], hit[1][0], hit[1][1])
+            elif invalid_at is not None and invalid_at + 1 < self.n:  # as the executor's monitor, after the bar's close
+                self._close(t, invalid_at + 1, fills.exit_price(t.side, float(b.open[invalid_at + 1]),
+                                                                float(self.spread[invalid_at + 1]), spec), "early_exit")
+            else:
+                self._close_at_end(t)
             return
         trailed = False
         opened_at = from_epoch(int(b.time[e]))
@@ -344,16 +371,13 @@ class _Book:
         exposure = Exposure(open_positions=len(open_now), open_on_symbol=len(open_now), trades_today=self.sent_per_day[day],
                             margin_free=self.config.balance + self.settled_total - used_margin)
         bar_time = from_epoch(s.bar_time)
-        # Built without validation: the values passed Match's checks (or, from arrays, the same checks in
-        # signals._fragile), and validating a model per trade cost more than the risk checks themselves.
-        signal = Signal.model_construct(
-            signal_id=_NO_ID,  # the dedupe key's uuid5 is not a risk input (and costs more than the check itself)
-            message_id=_NO_ID, produced_at=bar_time,  # no clock, no random ids: a backtest is deterministic
-            bot_id=1, account_id=1, symbol=cfg.symbol, timeframe=s.timeframe, strategy=s.strategy, side=s.side,
-            bar_time=bar_time, entry=s.entry, stop=s.stop, target=s.target, score=s.score,
-            features={**s.features, "spread_points": float(self.spread[j])},  # as the live worker sends it
-            p_win=s.p_win, expected_r_net=s.expected_r_net,  # the calibration's, when one is loaded
-        )
+        # A copy of the run's one unvalidated Signal with this signal's fields (cheaper than constructing each).
+        signal = self.signal_template.model_copy(update={
+            "produced_at": bar_time, "timeframe": s.timeframe, "strategy": s.strategy, "side": s.side,
+            "bar_time": bar_time, "entry": s.entry, "stop": s.stop, "target": s.target, "score": s.score,
+            "features": {**s.features, "spread_points": float(self.spread[j])},  # as the live worker sends it
+            "p_win": s.p_win, "expected_r_net": s.expected_r_net,  # the calibration's, when one is loaded
+        })
         decision = decide(rules=rules, signal=signal, exposure=exposure, spec=spec, max_stop_atr=cfg.max_stop_atr)
         if decision.action != "open":
             self.ignored[decision.reason] += 1

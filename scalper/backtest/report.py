@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from scalper.backtest.engine import BacktestResult
+from scalper.backtest.jsonout import iso_utc
 from scalper.backtest.metrics import report_figures
 from shared.stats import STAT_KEYS
 from shared.timeutil import from_epoch
@@ -49,7 +50,8 @@ def to_json(result: BacktestResult, *, file: str | None = None, file_format: str
             "kill_switch_days": result.kill_days,
             "strategy_errors": len(result.scan.errors),
         },
-        "trades": [t.as_dict() for t in result.trades],
+        "trades": [t.as_dict(o, c) for t, o, c in zip(result.trades, iso_utc([t.entry_time for t in result.trades]),
+                                                       iso_utc([t.exit_time for t in result.trades]), strict=True)],
     }
 
 

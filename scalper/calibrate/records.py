@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalper.backtest.engine import spreads_for
+from scalper.backtest.jsonout import iso_utc
 from scalper.calibrate.outcomes import outcomes_of
 from shared.bars import Bars
 from shared.symbols import SymbolSpec
-from shared.timeutil import from_epoch
 
 
 def signal_records(bars: Bars, spec: SymbolSpec, signals: Sequence, *, spread_points: float | None = None) -> list[dict[str, Any]]:
@@ -20,9 +20,10 @@ def signal_records(bars: Bars, spec: SymbolSpec, signals: Sequence, *, spread_po
     spread = spreads_for(bars, spec, spread_points)
     labels = outcomes_of(bars, spread, spec.point, signals)
     out = []
-    for s, outcome in zip(signals, labels.outcome.tolist(), strict=True):
+    times = iso_utc([s.bar_time for s in signals])
+    for s, outcome, time in zip(signals, labels.outcome.tolist(), times, strict=True):
         out.append({
-            "time": from_epoch(s.bar_time).isoformat(), "strategy": s.strategy, "side": s.side,
+            "time": time, "strategy": s.strategy, "side": s.side,
             "entry": s.entry, "sl": s.stop, "tp": s.target, "score": round(s.score, 6),
             "p_win": None if s.p_win is None else round(s.p_win, 6),
             "expected_r_net": None if s.expected_r_net is None else round(s.expected_r_net, 6),

@@ -38,6 +38,8 @@ REASONS = (
     "implausible_stops",
 )
 
+_RANK = {reason: rank for rank, reason in enumerate(REASONS)}
+
 MAX_STOP_ATR = 20.0  # SCALPER_MAX_STOP_ATR's default: a stop or target further than this many ATR is refused
 # Where a signal's ATR is found: the ATR(14) of the M1 window (pinbar, doji breakout, range reversion, trend
 # pullback), or the M5 ATR of the resampled window (harami).
@@ -277,7 +279,8 @@ def run_checks(
         hours_ok = in_trading_hours(rules.trading_hours, signal.bar_time)
     except ValueError:
         hours_ok = False
-    checks.append(_check("outside_trading_hours", hours_ok, signal.bar_time.strftime("%H:%M"), rules.trading_hours or "always"))
+    at = signal.bar_time  # "%H:%M" (strftime costs more than the rest of the check)
+    checks.append(_check("outside_trading_hours", hours_ok, f"{at.hour:02d}:{at.minute:02d}", rules.trading_hours or "always"))
     spread = _spread_pips(signal, spec)
     spread_ok = rules.max_spread_pips is None or spread is None or spread <= rules.max_spread_pips
     checks.append(_check("spread_too_wide", spread_ok, None if spread is None else round(spread, 3), rules.max_spread_pips))
@@ -319,10 +322,9 @@ def decide(
 ) -> DecisionResult:
     """Open the signal's trade, or ignore it with the first failing check as the reason."""
     checks = run_checks(rules=rules, signal=signal, exposure=exposure, spec=spec, account=account, max_stop_atr=max_stop_atr)
-    failed = {c["name"] for c in checks if not c["passed"]}
-    for reason in REASONS:
-        if reason in failed:
-            return DecisionResult(action="ignore", reason=reason, checks=checks, side=signal.side)
+    failed = [_RANK[c["name"]] for c in checks if not c["passed"] and c["name"] in _RANK]
+    if failed:  # the first failing check in REASONS' order names the reason
+        return DecisionResult(action="ignore", reason=REASONS[min(failed)], checks=checks, side=signal.side)
     sl, tp = stops_for(rules=rules, signal=signal, spec=spec)
     return DecisionResult(
         action="open",

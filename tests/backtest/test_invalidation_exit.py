@@ -152,3 +152,27 @@ def test_range_reversion_on_gold_backtest_exits_where_the_live_window_first_says
     windowed = [invalid_now("range_reversion", bars[k + 1 - lookback : k + 1], params={}, features=s.features, spec=GOLD,
                             opened_bar=0) for k in range(s.index, s.index + 300)]
     assert list(full[s.index : s.index + 300]) == windowed
+
+
+def test_the_rule_asked_of_stretches_finds_the_bar_the_whole_history_finds(gold_file):
+    """The backtester asks range_reversion's rule of short stretches after each entry, with the history's indicators
+    sliced: the first invalid bar is the one the whole-history mask gives, for channels of every width and entries
+    all over the file (including never-invalid channels that run to the end, and a stretch past the last bar)."""
+    from scalper.backtest.invalidation import Invalidations
+
+    bars = load_m1(gold_file).bars
+    ctx = EvalContext(spec=GOLD)
+    rng = np.random.default_rng(18)
+    found = set()
+    for params in ({}, {"adx_exit": 100.0}):  # ADX never above 100: only the channel ends these setups
+        inv = Invalidations(bars, GOLD, (StrategyConfig(name="range_reversion", params=params),))
+        entries = np.concatenate((rng.integers(0, len(bars), 200), [len(bars) - 1, len(bars) - 5, 0]))
+        for e in entries.tolist():
+            c = float(bars.close[e])
+            half = float(rng.choice([0.5, 2.0, 8.0, 30.0, 1e6]))
+            features = {"channel_high": c + half, "channel_low": c - half}
+            got = inv.first("range_reversion", features, e)
+            mask = invalid_mask("range_reversion", bars, params=params, features=features, ctx=ctx)
+            assert got == first_invalid(mask, e), (params, e, half)
+            found.add(None if got is None else got - e >= 256)
+    assert found == {None, True, False}  # never invalid, invalid in the first stretch, and beyond it
