@@ -176,7 +176,7 @@ def to_html(result: BacktestResult, *, file: str | None = None, file_format: str
         ("max drawdown", f"{_fmt(rep['max_drawdown_pct'])} %"), ("Sharpe (daily)", _fmt(rep["sharpe"])),
         ("Sortino (daily)", _fmt(rep["sortino"])), ("exposure", f"{_fmt(rep['exposure_pct'])} %"),
         ("average hold", f"{_fmt(rep['avg_hold_minutes'])} min"), ("trades", _fmt(doc["total"]["trades"])),
-        ("win rate", f"{_fmt(round(doc['total']['win_rate'] * 100, 1))} %"), ("profit factor", _fmt(doc["total"]["profit_factor"])),
+        ("win rate", f"{_fmt(doc['total']['win_rate'] * 100)} %"), ("profit factor", _fmt(doc["total"]["profit_factor"])),
         ("longest win streak", _fmt(rep["longest_win_streak"])), ("longest loss streak", _fmt(rep["longest_loss_streak"])),
     ]
     cards = "".join(f'<div class="card"><span>{html.escape(k)}</span><strong>{v}</strong></div>' for k, v in headline)

@@ -24,9 +24,15 @@ def signal_records(bars: Bars, spec: SymbolSpec, signals: Sequence, *, spread_po
     for s, outcome, time in zip(signals, labels.outcome.tolist(), times, strict=True):
         out.append({
             "time": time, "strategy": s.strategy, "side": s.side,
-            "entry": s.entry, "sl": s.stop, "tp": s.target, "score": round(s.score, 6),
+            "entry": _price(s.entry, spec), "sl": _price(s.stop, spec), "tp": _price(s.target, spec),
+            "score": round(s.score, 6),
             "p_win": None if s.p_win is None else round(s.p_win, 6),
             "expected_r_net": None if s.expected_r_net is None else round(s.expected_r_net, 6),
             "outcome": outcome,
         })
     return out
+
+
+def _price(value: float | None, spec: SymbolSpec) -> float | None:
+    """A level as the symbol quotes it (the outcome was judged on the unrounded level; they differ below a point)."""
+    return None if value is None else round(value, spec.digits)

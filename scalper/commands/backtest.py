@@ -136,6 +136,10 @@ def backtest(
             loaded_calibration = load(calibration)
         except CalibrationError as exc:
             raise _fail(str(exc)) from None
+        fitted_on = (loaded_calibration.meta or {}).get("files") or []
+        if file.name in fitted_on:
+            typer.secho(f"warning: {calibration} was fitted on {file.name}: this backtest is in sample and flatters the "
+                        "calibration; judge it on a file (or later months) the fit never saw", err=True, fg=typer.colors.YELLOW)
     progress_cb, finish = _progress(quiet)
     try:
         if loaded_calibration is None:
@@ -159,6 +163,9 @@ def backtest(
     doc = to_json(result, file=str(file), file_format=loaded.format)
     doc["run"].update(server_time=loaded.zone, server_time_source=loaded.server_time_source,
                       server_time_confidence=loaded.server_time_confidence)  # the clock the file was read in
+    doc["run"].update(calibration=None if calibration is None else str(calibration), min_expected_r=min_expected_r,
+                      min_stop_spread_ratio=min_stop_spread_ratio,
+                      calibration_in_sample=None if loaded_calibration is None else file.name in fitted_on)
     if json_out is not None:
         from scalper.calibrate.records import signal_records
         from shared.sanity import check_bars

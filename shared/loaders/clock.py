@@ -78,8 +78,8 @@ class ClockGuess:
     matched: int  # of those, how many fall on 17:00 New York under `rule`
 
     def describe(self) -> str:
-        return (f"{self.matched} of {self.weekly} weekly closes and {self.daily} daily breaks fall on 17:00 New York "
-                f"time under {self.rule} (confidence {self.confidence:.2f})")
+        return (f"{self.matched} of {self.weekly + self.daily} session ends ({self.weekly} weekly closes, {self.daily} daily "
+                f"breaks) fall on 17:00 New York time under {self.rule} (confidence {self.confidence:.2f})")
 
 
 def us_dst_offset(utc: np.ndarray) -> np.ndarray:

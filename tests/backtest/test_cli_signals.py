@@ -26,6 +26,10 @@ def test_every_signal_is_written_with_its_outcome(gold_file, tmp_path):
     assert {s["outcome"] for s in signals} <= {"tp", "sl", "open"} and {"tp", "sl"} <= {s["outcome"] for s in signals}
     assert all(s["p_win"] is None and s["expected_r_net"] is None for s in signals)  # no calibration loaded
     assert [s["time"] for s in signals] == sorted(s["time"] for s in signals)
+    # Levels as gold is quoted (2 digits), not 4567.919999999999; the run says what gated it.
+    assert all(round(s[k], 2) == s[k] for s in signals for k in ("entry", "sl", "tp") if s[k] is not None)
+    assert doc["run"]["calibration"] is None and doc["run"]["calibration_in_sample"] is None
+    assert doc["run"]["min_expected_r"] == 0.0 and doc["run"]["min_stop_spread_ratio"] == 3.0
     # Each label is the first touch on the file's bars, from the bar after the signal bar (a 1m signal's bar is its time).
     bars = load_m1(gold_file).bars
     ones = [s for s in signals if s["strategy"] != "harami"][:200]

@@ -108,8 +108,12 @@ def test_calibrate_then_backtest_and_live_carry_the_same_p_win(gold_file, tmp_pa
     run = runner.invoke(app, ["backtest", str(gold_file), "--from", "2026-05-04", "--to", "2026-05-08", "--strategies",
                               "price_action_pinbar,range_reversion", "--calibration", str(out), "--json", str(bt), "--quiet"])
     assert run.exit_code == 0, run.output
-    signals = json.loads(bt.read_text())["signals"]
+    doc = json.loads(bt.read_text())
+    signals = doc["signals"]
     assert signals and all(s["p_win"] is not None and s["expected_r_net"] is not None for s in signals)
+    # Fitted on this very file: the run says it is in sample, and which calibration it used.
+    assert doc["run"]["calibration"] == str(out) and doc["run"]["calibration_in_sample"] is True
+    assert "in sample" in run.output
 
     # The live worker on the window of the first signal's bar puts the same p_win on it.
     from scalper.backtest.signals import scan_history

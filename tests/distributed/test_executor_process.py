@@ -186,8 +186,12 @@ def intent(*, bot_id: int = 7, side: str = "buy", ttl_s: float = 120.0) -> Order
 def assert_exactly_once(stack: Stack, cid: str) -> None:
     wait_for(lambda: stack.reports(cid), timeout=60, what=f"report of {cid}")
     (pos,) = stack.sim_positions(cid)
-    [report] = stack.reports(cid)  # published once
-    assert (report["status"], report["ticket"]) == ("filled", pos.ticket)
+    # The intent left unacked by the kill is redelivered after the restart, and the executor answers every repeat
+    # (a lost report must be recoverable): the same report again, under the same message id, which decision applies
+    # once. One order, one position, one answer.
+    reports = stack.reports(cid)
+    assert len({r["message_id"] for r in reports}) == 1, reports
+    assert {(r["status"], r["ticket"]) for r in reports} == {("filled", pos.ticket)}
     assert stack.order_status(cid) == "filled"
     opened = [e for e in stack.events("PositionEvent") if e["kind"] == "opened" and e["client_order_id"] == cid]
     assert len(opened) == 1
