@@ -5,13 +5,10 @@ without --admin cannot enter. Also: the embedded app mounts the API and the admi
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from datetime import timedelta
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -23,7 +20,7 @@ from shared.db.engine import create_engine, session_factory, transaction
 from shared.db.models import SignalRow
 from shared.settings import Settings
 from shared.timeutil import ManualClock
-from tests.browser_kit import Chromium, _free_port
+from tests.browser_kit import Chromium, ThreadServer
 
 pytestmark = pytest.mark.slow
 
@@ -68,39 +65,19 @@ async def _people(url: str) -> dict[str, tuple[str, str]]:
         await engine.dispose()
 
 
-class AdminServer:
-    """The admin pages alone on a uvicorn server in a thread (its own event loop and engine)."""
-
-    def __init__(self, url: str) -> None:
-        self.port = _free_port()
-        app = FastAPI()
-        engine = create_engine(url)
-        mount_admin(app, engine=engine, sessions=session_factory(engine))
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> AdminServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "admin server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+def admin_app(url: str) -> FastAPI:
+    """The admin pages alone (their own engine), to serve with browser_kit's ThreadServer."""
+    app = FastAPI()
+    engine = create_engine(url)
+    mount_admin(app, engine=engine, sessions=session_factory(engine))
+    return app
 
 
 async def test_an_admin_logs_in_and_sees_the_replays_signals(tmp_path, gold_file, chromium_available):
     url, signals = await _replay(tmp_path, gold_file)
     assert signals, "the replay slice made no signal"
     people = await _people(url)
-    with AdminServer(url) as server:
+    with ThreadServer(admin_app(url)) as server:
         async with Chromium(tmp_path / "profile") as browser:
             await browser.open(f"{server.base}/admin/signal-row/list")
             assert (await browser.evaluate("location.pathname")).endswith("/admin/login")  # not logged in: sent to log in
@@ -162,7 +139,7 @@ async def test_an_admin_edit_of_a_bot_is_audited(tmp_path):
         s.add(bot)
         await s.flush()
         bot_id = bot.id
-    with AdminServer(url) as server:
+    with ThreadServer(admin_app(url)) as server:
         async with httpx.AsyncClient(base_url=server.base) as client:
             name, key = people["admin"]
             login = await client.post("/admin/login", data={"username": name, "password": key})

@@ -208,14 +208,6 @@ def create_router(service, *, bars: BarSource | None, refresh_s: float) -> APIRo
         settings = [(name, kind, getattr(bot, name, None)) for name, kind in SETTINGS_FORM]
         return page(request, "bot.html", login, bot=bot, stats=stats, settings=settings, figure=_json(figure))
 
-    def _since(value: str | None) -> datetime | None:
-        if not value:
-            return None
-        try:
-            return views_utc(value)
-        except ValueError:
-            raise HTTPException(422, "since: write an ISO time such as 2024-03-01T10:00") from None
-
     @router.get("/signals")
     async def signals_page(
         request: Request, bot_id: Annotated[int | None, Query(ge=1)] = None, symbol: Annotated[str | None, Query(max_length=32)] = None,
@@ -226,12 +218,8 @@ def create_router(service, *, bars: BarSource | None, refresh_s: float) -> APIRo
             login, redirect = await login_or_redirect(request, session)
             if redirect:
                 return redirect
-            filters = queries.Filters(bot_id=bot_id, symbol=symbol or None, strategy=strategy or None, since=_since(since))
-            try:
-                rows, next_cursor = await queries.list_signals(session=session, owner_id=login.user.id, filters=filters, limit=PAGE_ROWS, cursor=cursor)
-            except queries.BadCursor as exc:
-                raise HTTPException(422, str(exc)) from None
-            bots = await views.user_bots(session, login.user.id)
+            rows, next_cursor, bots = await _listing(queries.list_signals, session, login, bot_id=bot_id, symbol=symbol,
+                                                     strategy=strategy, since=since, cursor=cursor)
         return page(request, "signals.html", login, rows=rows, next_cursor=next_cursor, bots=bots,
                     f=dict(bot_id=bot_id, symbol=symbol or "", strategy=strategy or "", since=since or ""))
 
@@ -245,12 +233,8 @@ def create_router(service, *, bars: BarSource | None, refresh_s: float) -> APIRo
             login, redirect = await login_or_redirect(request, session)
             if redirect:
                 return redirect
-            filters = queries.Filters(bot_id=bot_id, symbol=symbol or None, strategy=strategy or None, since=_since(since))
-            try:
-                rows, next_cursor = await queries.list_decisions(session=session, owner_id=login.user.id, filters=filters, limit=PAGE_ROWS, cursor=cursor)
-            except queries.BadCursor as exc:
-                raise HTTPException(422, str(exc)) from None
-            bots = await views.user_bots(session, login.user.id)
+            rows, next_cursor, bots = await _listing(queries.list_decisions, session, login, bot_id=bot_id, symbol=symbol,
+                                                     strategy=strategy, since=since, cursor=cursor)
         if action:
             rows = [r for r in rows if r[0].action == action]
         decisions = [(d, strategy_name, views.check_rows(d.checks)) for d, strategy_name in rows]
@@ -296,6 +280,26 @@ def create_router(service, *, bars: BarSource | None, refresh_s: float) -> APIRo
         return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
 
     return router
+
+
+def _since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return views_utc(value)
+    except ValueError:
+        raise HTTPException(422, "since: write an ISO time such as 2024-03-01T10:00") from None
+
+
+async def _listing(lister, session, login, *, bot_id, symbol, strategy, since, cursor):
+    """One page of the user's signals or decisions (`queries.list_signals` / `list_decisions`) under the page's
+    filters, and the user's bots for the filter form; a bad cursor is the 422 the API answers."""
+    filters = queries.Filters(bot_id=bot_id, symbol=symbol or None, strategy=strategy or None, since=_since(since))
+    try:
+        rows, next_cursor = await lister(session=session, owner_id=login.user.id, filters=filters, limit=PAGE_ROWS, cursor=cursor)
+    except queries.BadCursor as exc:
+        raise HTTPException(422, str(exc)) from None
+    return rows, next_cursor, await views.user_bots(session, login.user.id)
 
 
 def _json(figure) -> str:
