@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from scalper.backtest.invalidation import Invalidations
+from scalper.backtest.jsonout import iso_utc, rounded
 from scalper.backtest.refusals import bot_refusal
 from scalper.backtest.signals import Progress, ScanStats, SignalEvent, day_keys, scan_history
 from services.decision.daily_loss import DailyPnl, daily_loss_tripped
@@ -91,18 +92,26 @@ class Trade:
         return ClosedTrade(strategy=self.strategy, side=self.side, pnl=self.pnl, pips=self.pips, r_multiple=self.r_multiple,
                            opened_at=from_epoch(self.entry_time), closed_at=from_epoch(self.exit_time))
 
-    def as_dict(self, opened_at: str | None = None, closed_at: str | None = None) -> dict[str, Any]:
-        """The trade's JSON row; `opened_at` / `closed_at`, when given, are its times' ISO text (a caller with many
-        trades formats them at once: scalper/backtest/jsonout.iso_utc)."""
-        return {
-            "strategy": self.strategy, "side": self.side, "score": round(self.score, 4),
-            "opened_at": from_epoch(self.entry_time).isoformat() if opened_at is None else opened_at,
-            "closed_at": from_epoch(self.exit_time).isoformat() if closed_at is None else closed_at,
-            "entry": self.entry_price, "exit": self.exit_price, "sl": self.initial_sl, "tp": self.tp, "volume": self.volume,
-            "reason": self.reason, "pnl": round(self.pnl, 2), "commission": round(self.commission, 2),
-            "swap": round(self.swap, 2), "pips": round(self.pips, 2),
-            "r_multiple": None if self.r_multiple is None else round(self.r_multiple, 4),
-        }
+    def as_dict(self) -> dict[str, Any]:
+        """The trade's JSON row (trade_rows)."""
+        return trade_rows([self])[0]
+
+
+def trade_rows(trades: Sequence[Trade]) -> list[dict[str, Any]]:
+    """Each trade's JSON row; its numbers rounded and its times formatted a column at a time (jsonout.rounded and
+    iso_utc: the values of round() and from_epoch(x).isoformat())."""
+    columns = (
+        iso_utc([t.entry_time for t in trades]), iso_utc([t.exit_time for t in trades]),
+        rounded([t.score for t in trades], 4), rounded([t.pnl for t in trades], 2),
+        rounded([t.commission for t in trades], 2), rounded([t.swap for t in trades], 2),
+        rounded([t.pips for t in trades], 2), rounded([t.r_multiple for t in trades], 4),
+    )
+    return [
+        {"strategy": t.strategy, "side": t.side, "score": score, "opened_at": opened_at, "closed_at": closed_at,
+         "entry": t.entry_price, "exit": t.exit_price, "sl": t.initial_sl, "tp": t.tp, "volume": t.volume,
+         "reason": t.reason, "pnl": pnl, "commission": commission, "swap": swap, "pips": pips, "r_multiple": r_multiple}
+        for t, opened_at, closed_at, score, pnl, commission, swap, pips, r_multiple in zip(trades, *columns, strict=True)
+    ]
 
 
 @dataclass(slots=True)
@@ -119,6 +128,7 @@ class BacktestResult:
     stats: dict[str, Any] = field(default_factory=dict)
     refused: list[tuple[int, str]] = field(default_factory=list)  # (bar time, reason): bars the sanity rule refused
     repaired: int = 0  # bars whose prices were rounded to the symbol's digits
+    traded: Bars | None = None  # the bars after the sanity rule: the ones the signals and trades index
 
 
 def spreads_for(bars: Bars, spec: SymbolSpec, spread_points: float | None) -> np.ndarray:
@@ -447,7 +457,7 @@ def run_backtest(
         config=config, trades=trades, signals=list(signals), ignored=book.ignored, scan=scan, kill_days=book.kill_days,
         first=int(bars.time[start]) if start < len(bars) else None, last=int(bars.time[-1]) if len(bars) else None, bars=len(bars),
     )
-    result.refused, result.repaired = refused, len(checked.repaired)
+    result.refused, result.repaired, result.traded = refused, len(checked.repaired), bars
     result.stats = compute_stats_arrays([t.strategy for t in trades], [t.pnl for t in trades], [t.pips for t in trades],
                                         [np.nan if t.r_multiple is None else t.r_multiple for t in trades],
                                         [t.exit_time for t in trades], [t.entry_time for t in trades])

@@ -9,8 +9,7 @@ import html
 import json
 from typing import Any
 
-from scalper.backtest.engine import BacktestResult
-from scalper.backtest.jsonout import iso_utc
+from scalper.backtest.engine import BacktestResult, trade_rows
 from scalper.backtest.metrics import report_figures
 from shared.stats import STAT_KEYS
 from shared.timeutil import from_epoch
@@ -50,8 +49,7 @@ def to_json(result: BacktestResult, *, file: str | None = None, file_format: str
             "kill_switch_days": result.kill_days,
             "strategy_errors": len(result.scan.errors),
         },
-        "trades": [t.as_dict(o, c) for t, o, c in zip(result.trades, iso_utc([t.entry_time for t in result.trades]),
-                                                       iso_utc([t.exit_time for t in result.trades]), strict=True)],
+        "trades": trade_rows(result.trades),
     }
 
 

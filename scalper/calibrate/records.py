@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalper.backtest.engine import spreads_for
-from scalper.backtest.jsonout import iso_utc
+from scalper.backtest.jsonout import iso_utc, rounded
 from scalper.calibrate.outcomes import outcomes_of
 from shared.bars import Bars
 from shared.symbols import SymbolSpec
@@ -19,20 +19,16 @@ def signal_records(bars: Bars, spec: SymbolSpec, signals: Sequence, *, spread_po
     index (after the sanity rule)."""
     spread = spreads_for(bars, spec, spread_points)
     labels = outcomes_of(bars, spread, spec.point, signals)
-    out = []
-    times = iso_utc([s.bar_time for s in signals])
-    for s, outcome, time in zip(signals, labels.outcome.tolist(), times, strict=True):
-        out.append({
-            "time": time, "strategy": s.strategy, "side": s.side,
-            "entry": _price(s.entry, spec), "sl": _price(s.stop, spec), "tp": _price(s.target, spec),
-            "score": round(s.score, 6),
-            "p_win": None if s.p_win is None else round(s.p_win, 6),
-            "expected_r_net": None if s.expected_r_net is None else round(s.expected_r_net, 6),
-            "outcome": outcome,
-        })
-    return out
-
-
-def _price(value: float | None, spec: SymbolSpec) -> float | None:
-    """A level as the symbol quotes it (the outcome was judged on the unrounded level; they differ below a point)."""
-    return None if value is None else round(value, spec.digits)
+    # Each number rounded a column at a time (jsonout.rounded: round()'s values); a level as the symbol quotes it
+    # (the outcome was judged on the unrounded level; they differ below a point).
+    columns = (
+        iso_utc([s.bar_time for s in signals]), rounded([s.entry for s in signals], spec.digits),
+        rounded([s.stop for s in signals], spec.digits), rounded([s.target for s in signals], spec.digits),
+        rounded([s.score for s in signals], 6), rounded([s.p_win for s in signals], 6),
+        rounded([s.expected_r_net for s in signals], 6), labels.outcome.tolist(),
+    )
+    return [
+        {"time": time, "strategy": s.strategy, "side": s.side, "entry": entry, "sl": sl, "tp": tp, "score": score,
+         "p_win": p_win, "expected_r_net": expected_r_net, "outcome": outcome}
+        for s, time, entry, sl, tp, score, p_win, expected_r_net, outcome in zip(signals, *columns, strict=True)
+    ]

@@ -167,14 +167,10 @@ def backtest(
                       min_stop_spread_ratio=min_stop_spread_ratio,
                       calibration_in_sample=None if loaded_calibration is None else file.name in fitted_on)
     if json_out is not None:
-        from scalper.calibrate.records import signal_records
-        from shared.sanity import check_bars
-
-        checked = check_bars(bars, max_atr=config.bar_sanity_atr, digits=spec.digits).bars  # the bars the signals index
-        doc["signals"] = signal_records(checked, spec, result.signals, spread_points=spread_points)
-    if json_out is not None:
         from scalper.backtest.jsonout import dumps_document
+        from scalper.calibrate.records import signal_records
 
+        doc["signals"] = signal_records(result.traded, spec, result.signals, spread_points=spread_points)  # the bars they index
         text = dumps_document(doc)  # json.dumps(doc, indent=2)'s content, one trade a line (its C encoder: fast)
         if str(json_out) == "-":
             sys.stdout.write(text + "\n")
