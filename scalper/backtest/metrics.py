@@ -31,12 +31,25 @@ def _r(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
+def _days(epochs) -> list[date]:
+    """_day of each epoch second, computed once per distinct UTC day (a day is epoch // 86400 whole days)."""
+    seen: dict[int, date] = {}
+    out = []
+    for x in epochs:
+        k = x // 86_400
+        d = seen.get(k)
+        if d is None:
+            d = seen[k] = _day(x)
+        out.append(d)
+    return out
+
+
 def daily_returns(trades, *, balance: float, first: int | None, last: int | None) -> list[tuple[date, float]]:
     if first is None or last is None:
         return []
     pnl_by_day: dict[date, float] = {}
-    for t in trades:
-        pnl_by_day[_day(t.exit_time)] = pnl_by_day.get(_day(t.exit_time), 0.0) + t.pnl
+    for t, d in zip(trades, _days(t.exit_time for t in trades), strict=True):
+        pnl_by_day[d] = pnl_by_day.get(d, 0.0) + t.pnl
     out, equity, day, end = [], balance, _day(first), _day(last)
     while day <= end:
         pnl = pnl_by_day.pop(day, 0.0)
@@ -101,8 +114,12 @@ def _group(trades, *, balance: float) -> dict[str, Any]:
 def monthly(trades, *, balance: float) -> list[dict[str, Any]]:
     """One row per month that closed a trade: its P&L and its return on the equity at the month's start."""
     equity, rows = balance, {}
-    for t in sorted(trades, key=lambda t: (t.exit_time, t.entry_time)):
-        month = _day(t.exit_time).strftime("%Y-%m")
+    trades = sorted(trades, key=lambda t: (t.exit_time, t.entry_time))
+    names: dict[date, str] = {}  # strftime once per day that closed a trade
+    for t, d in zip(trades, _days(t.exit_time for t in trades), strict=True):
+        month = names.get(d)
+        if month is None:
+            month = names[d] = d.strftime("%Y-%m")
         row = rows.setdefault(month, {"month": month, "start_equity": equity, "pnl": 0.0, "trades": 0})
         row["pnl"] += t.pnl
         row["trades"] += 1

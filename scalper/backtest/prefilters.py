@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import talib
 from pydantic import BaseModel
 
 from shared.bars import Bars
 from shared.strategies.indicators import adx, atr, bollinger, ema, rsi, stochastic
+from shared.ta import talib
 
 Prefilter = Callable[[Bars, BaseModel], np.ndarray]
 SLACK = 1e-9  # relative slack on every threshold (a looser test keeps a superset of the bars)

@@ -9,7 +9,8 @@ import math
 from typing import Literal
 
 import numpy as np
-import talib
+
+from shared.ta import talib  # TA-Lib without its pandas import (shared/ta.py)
 
 # Relative agreement the windowed ATR must reach with its full-history value. Scores divide by ATR and must match
 # the backtester's full-history run within 1e-9 relative (architecture.md, "Lookback"), so ATR needs a tenth of that.

@@ -55,3 +55,28 @@ def test_backtest_imports_no_database_web_or_bus_module(tmp_path):
     assert json.loads(out.read_text())["run"]["bars"] == 4_000  # the backtest ran to the end
     loaded = [m for m in FORBIDDEN if m in report["modules"]]
     assert loaded == [], f"scalper backtest imported {loaded}"
+
+
+TA_PROBE = """
+import json, sys
+import scalper.backtest.engine, scalper.backtest.report, scalper.calibrate.records
+from shared.ta import talib
+lean = "pandas" not in sys.modules
+import numpy as np
+x = np.linspace(1.0, 2.0, 300)
+ours = talib.EMA(x, 20)
+import pandas
+print(json.dumps({"lean": lean, "pandas_imports": pandas.__name__ == "pandas", "ema": ours[-3:].tolist(), "talib": talib.__name__}))
+"""
+
+
+def test_backtest_modules_import_talib_without_pandas():
+    """TA-Lib's pandas wrapping is not loaded by the backtest's modules (shared/ta.py), pandas stays importable,
+    and the functions are TA-Lib's own (the same values as talib imported the usual way, which wraps them)."""
+    proc = subprocess.run([sys.executable, "-c", TA_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["lean"] and report["pandas_imports"] and report["talib"] == "talib"
+    import talib
+
+    assert report["ema"] == talib.EMA(np.linspace(1.0, 2.0, 300), 20)[-3:].tolist()
