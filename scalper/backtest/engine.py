@@ -151,6 +151,9 @@ class _Book:
         self.ask_low, self.ask_high = bars.low + self.ask_add, bars.high + self.ask_add  # a short's stop and target trigger on the ask
         # Broker day of each bar's close (decisions happen at a bar's close; a position is marked at closes).
         self.day = day_keys(bars.time + BAR_S, config.server_time)
+        # The last bar of each bar's broker day (a run of equal keys: the keys never decrease along the bars).
+        runs = np.flatnonzero(self.day[1:] != self.day[:-1])
+        self.day_last = np.repeat(np.append(runs, len(bars) - 1), np.diff(np.concatenate(([-1], runs, [len(bars) - 1]))))
         self.day_of_open = day_keys(bars.time, config.server_time)
         self.trades: list[Trade] = []
         self.active: list[Trade] = []  # trades whose exit bar the kill switch has not passed yet
@@ -298,7 +301,7 @@ class _Book:
                 return
             # Stay inside one broker day per pass.
             day = int(self.day[a])
-            b = min(to, a + int(np.searchsorted(self.day[a : to + 1], day, side="right")) - 1)
+            b = min(to, int(self.day_last[a]))
             realised_before = self.settled_by_day.get(day, 0.0)
             start_balance = self.config.balance + self.settled_total - realised_before
             if self.killed_day != day and self._may_trip(a, b, realised_before, start_balance):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from datetime import UTC, datetime
 from datetime import time as dtime
 from typing import Any
@@ -298,5 +299,5 @@ def scan_history(
     if progress is not None:
         progress(total, total)
     if proved:
-        out = sorted(out + proved, key=lambda e: (e[0], e[1]))  # bar, then config order, as the live worker emits them
+        out = sorted(out + proved, key=itemgetter(0, 1))  # bar, then config order, as the live worker emits them
     return [e for _, _, e in out]
