@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.bars import Bars
 
-FIRST_WINDOW = 64  # bars examined per signal in the first pass; the window doubles for the signals still open
+FIRST_WINDOW = 32  # bars examined per signal in the first pass; the window doubles for the signals still open (most touch within it)
 
 
 @dataclass(frozen=True, slots=True)
