@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,14 @@ def _parse_day(text: str | None, name: str) -> int | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp())
+
+
+def _one_blas_thread() -> None:
+    """Start numpy's OpenBLAS with one thread unless the user chose a number: a backtest does no linear algebra
+    (no BLAS call: its results do not depend on it), and OpenBLAS starting a thread per core at import is CPU a
+    fresh run never gets back. Only before numpy is imported: a process that has it (a test runner) is left as is."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -54,6 +63,7 @@ def backtest(
     min_stop_spread_ratio: Annotated[float, typer.Option(help="the bot's min_stop_spread_ratio")] = 3.0,
 ) -> None:
     """Backtest on an M1 file: the live strategies on each bar's window, the decision's risk rules, the executor's fills."""
+    _one_blas_thread()
     import dataclasses
 
     from scalper.backtest.engine import BacktestConfig, run_backtest

@@ -4,6 +4,7 @@ database, web or bus module (they cost a fresh backtest most of a second and a l
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("sqlalchemy", "sqlmodel", "alembic", "aiosqlite", "asyncpg", "fastapi", "starlette", "uvicorn", "aio_pika", "aiormq")
 
 WRAPPER = """
-import json, sys
+import json, os, sys
 from scalper.cli import app
 sys.argv = ["scalper", "backtest", *sys.argv[1:]]
 try:
@@ -27,7 +28,7 @@ except SystemExit as exc:
 else:
     code = 0
 roots = sorted({m.split(".")[0] for m in sys.modules})
-print(json.dumps({"code": code, "modules": roots}))
+print(json.dumps({"code": code, "modules": roots, "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}))
 """
 
 
@@ -47,14 +48,16 @@ def test_backtest_imports_no_database_web_or_bus_module(tmp_path):
     csv = tmp_path / "XAUUSD_M1.csv"
     random_walk_csv(csv)
     out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     proc = subprocess.run([sys.executable, "-c", WRAPPER, str(csv), "--quiet", "--server-time", "utc", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["code"] == 0, proc.stderr
     assert json.loads(out.read_text())["run"]["bars"] == 4_000  # the backtest ran to the end
     loaded = [m for m in FORBIDDEN if m in report["modules"]]
     assert loaded == [], f"scalper backtest imported {loaded}"
+    assert report["blas_threads"] == "1"  # numpy's OpenBLAS started with one thread (no linear algebra in a backtest)
 
 
 TA_PROBE = """
