@@ -35,27 +35,37 @@ def _round_levels(price: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarra
 
 def _nearest_swing(l_all, h_all, lows_at, highs_at, i, bullish, tip, body_bottom, body_top, p) -> tuple[np.ndarray, np.ndarray]:
     """(distance, price) of the nearest swing evaluate would consider for pins at bars i (inf where none), the
-    oldest among equals (evaluate walks them oldest first and keeps a strictly nearer one)."""
+    oldest among equals (evaluate walks them oldest first and keeps a strictly nearer one). A bullish pin looks at
+    swing lows, a bearish one at swing highs: each side is gathered on its own rows only."""
     n = p.swing_n
     span = p.swing_horizon + n + 1
     count = p.swing_horizon + 1 - p.swing_min_age  # candidate swings, oldest first: i-span+1+n .. i-min_age
     if count <= 0:
         return np.full(len(i), np.inf), np.zeros(len(i))
-    g = (i - span + 1 + n)[:, None] + np.arange(count)[None, :]
-    bull = bullish[:, None]
-    prices = np.where(bull, l_all[g], h_all[g])
-    valid = np.where(bull, lows_at[g], highs_at[g])
-    if p.swing_intact:
-        # after[:, k]: the lowest low (highest high) from candidate k's next bar to the bar before the pin.
-        seq = (i - span + 2 + n)[:, None] + np.arange(span - n - 2)[None, :]
-        after_lo = np.minimum.accumulate(l_all[seq][:, ::-1], axis=1)[:, ::-1][:, :count]
-        after_hi = np.maximum.accumulate(h_all[seq][:, ::-1], axis=1)[:, ::-1][:, :count]
-        valid &= np.where(bull, prices < after_lo, prices > after_hi)
-    valid &= np.where(bull, prices <= body_bottom[:, None], prices >= body_top[:, None])
-    dist = np.where(valid, np.abs(tip[:, None] - prices), np.inf)
-    k = np.argmin(dist, axis=1)
-    rows = np.arange(len(i))
-    return dist[rows, k], prices[rows, k]
+    dist_out, price_out = np.full(len(i), np.inf), np.zeros(len(i))
+    for bull in (True, False):
+        rows = np.flatnonzero(bullish == bull)
+        if not len(rows):
+            continue
+        at = i[rows]
+        g = (at - span + 1 + n)[:, None] + np.arange(count)[None, :]
+        prices = (l_all if bull else h_all)[g]
+        valid = (lows_at if bull else highs_at)[g]
+        if p.swing_intact:
+            # after[:, k]: the lowest low (highest high) from candidate k's next bar to the bar before the pin.
+            seq = (at - span + 2 + n)[:, None] + np.arange(span - n - 2)[None, :]
+            if bull:
+                after = np.minimum.accumulate(l_all[seq][:, ::-1], axis=1)[:, ::-1][:, :count]
+                valid &= prices < after
+            else:
+                after = np.maximum.accumulate(h_all[seq][:, ::-1], axis=1)[:, ::-1][:, :count]
+                valid &= prices > after
+        valid &= (prices <= body_bottom[rows, None]) if bull else (prices >= body_top[rows, None])
+        dist = np.where(valid, np.abs(tip[rows, None] - prices), np.inf)
+        k = np.argmin(dist, axis=1)
+        r = np.arange(len(rows))
+        dist_out[rows], price_out[rows] = dist[r, k], prices[r, k]
+    return dist_out, price_out
 
 
 def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, spec: Any = None, levels: Any = None) -> HistorySignals:
