@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from scalper.backtest.gcpause import gc_paused
 from scalper.backtest.invalidation import Invalidations
 from scalper.backtest.jsonout import iso_utc, rounded
 from scalper.backtest.refusals import bot_refusal
@@ -421,6 +422,7 @@ def _with_status(rules: BotRules, status: str) -> BotRules:
     return dataclasses.replace(rules, status=status)
 
 
+@gc_paused
 def run_backtest(
     bars: Bars,
     spec: SymbolSpec,

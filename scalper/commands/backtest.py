@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from scalper.backtest.gcpause import gc_paused
+
 
 def _parse_day(text: str | None, name: str) -> int | None:
     if text is None:
@@ -36,6 +38,7 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+@gc_paused  # the whole command: its imports, the loading, the backtest and the JSON (scalper/backtest/gcpause.py)
 def backtest(
     file: Annotated[Path, typer.Argument(help="an M1 file in any format `scalper data check` reads")],
     symbol: Annotated[str | None, typer.Option(help="the symbol (default: the file name's leading letters, e.g. XAUUSD)")] = None,
