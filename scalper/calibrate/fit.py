@@ -85,28 +85,33 @@ def label_file(path: Path, *, strategies: Sequence[str], commission_per_lot: flo
 
 
 def fit_model(inputs: list[dict[str, float]], won: Sequence[int]) -> Model:
-    """The geometric prior (shared/calibration.py, geometric_prior), unless a fitted deviation from it beats it on
-    every later fold of a walk-forward inside the training signals (INNER folds, each scored by a fit on the folds
-    before it); then the deviation with the largest mean gain, refitted on all of them. The deviations are the prior
-    with a fitted intercept, and the logistic regression over every input with the prior as its offset. The choice is
-    made on training data only and asks for a gain that holds over time, because a deviation that wins one split and
-    then drifts is worse out of sample than the prior (docs/benchmarks.md, "Calibration")."""
+    """The geometric prior (shared/calibration.py, geometric_prior), unless a fitted deviation from it holds over time:
+    over a walk-forward inside the training signals (INNER folds, each later fold scored by a fit on the folds before
+    it), the prior with a fitted intercept replaces the prior if it has the lower Brier on every scored inner fold, and
+    the logistic regression over every input with the prior as its offset replaces whichever of the two stands if it
+    beats that one on every scored inner fold; the one standing is refitted on all the signals. The choice is made on
+    training data only, prefers the simpler model on a tie, and asks for a gain in every stretch of time because a
+    deviation that wins one split and then drifts is worse out of sample than the prior (docs/benchmarks.md,
+    "Calibration")."""
     y = np.asarray(won, dtype=int)
     edges = np.linspace(0, len(y), INNER + 1).astype(int)
-    if edges[1] < MIN_TRAIN:
-        return prior_model()
     prior = prior_model()
-    best, best_gain = None, 0.0
-    for fitter in (_fit_intercept, _fit_deviation):
-        gains = []
+    if edges[1] < MIN_TRAIN:
+        return prior
+
+    def fold_briers(fitter) -> np.ndarray:
+        out = []
         for k in range(1, INNER):
             a, b = edges[k], edges[k + 1]
-            held = y[a:b]
-            trial = fitter(inputs[:a], y[:a])
-            gains.append(_brier(np.array([prior.p_win(v) for v in inputs[a:b]]), held)
-                         - _brier(np.array([trial.p_win(v) for v in inputs[a:b]]), held))
-        if min(gains) > 0 and float(np.mean(gains)) > best_gain:
-            best, best_gain = fitter, float(np.mean(gains))
+            model = prior if fitter is None else fitter(inputs[:a], y[:a])
+            out.append(_brier(np.array([model.p_win(v) for v in inputs[a:b]]), y[a:b]))
+        return np.array(out)
+
+    best, best_briers = None, fold_briers(None)
+    for fitter in (_fit_intercept, _fit_deviation):
+        briers = fold_briers(fitter)
+        if np.all(briers < best_briers):
+            best, best_briers = fitter, briers
     return prior if best is None else best(inputs, y)
 
 

@@ -77,6 +77,15 @@ def test_no_skill_is_said_plainly_and_the_fit_falls_back_to_the_prior():
     assert model.inputs == () and model.offset == PRIOR  # noise: the prior (perhaps shifted), no fitted input
 
 
+def test_a_steady_bias_of_the_levels_is_learnt_as_the_priors_intercept():
+    # Targets hit at 15 % where the levels say 1/3, in every stretch of time: the prior shifted, no input fitted.
+    inputs, _ = _rows(1500, 7, informative=False)
+    won = (np.random.default_rng(8).random(1500) < 0.15).astype(int).tolist()
+    model = fit.fit_model(inputs, won)
+    assert fit.describe(model) == "prior + fitted intercept" and model.inputs == ()
+    assert model.p_win(inputs[0]) == pytest.approx(np.mean(won), abs=0.02)
+
+
 def test_too_few_signals_get_the_prior_alone():
     inputs, won = _rows(40, 3, informative=True)
     assert fit.fit_model(inputs, won) == fit.prior_model()
