@@ -66,9 +66,11 @@ def over_history(bars: Bars, p: Any, *, lookback: int, first: int, end: int, **_
     from shared.strategies.indicators import BODY_LONG_PERIOD
     from shared.strategies.resample import M1_S
 
-    first = max(first, lookback - 1, 1)
+    first = max(first, lookback - 1)
     if end <= first:
         return empty(np.empty(0, np.int64))
+    if lookback < 2:  # a one-bar window closes no bucket (may_close_bucket); let evaluate say so
+        return empty(np.arange(first, end))
     t = bars.time.astype(np.int64, copy=False)
     # resample.may_close_bucket at every judged bar (integer arithmetic: exact); the other bars are proved None.
     i = np.arange(first, end)
