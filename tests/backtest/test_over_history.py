@@ -232,3 +232,21 @@ def test_rounding_allowance_covers_the_5m_atr(which, request):
             seen += 1
     assert seen > 1000
     assert worst <= ROUNDING / 2, f"measured rounding {worst:.3g} relative, allowance {ROUNDING:.3g}"
+
+
+def test_a_match_near_the_stop_atr_limit_is_left_to_evaluate_whichever_atr_it_reports():
+    """signals._fragile reads the ATR where the risk rules read it (risk.ATR_FEATURES: the M1 `atr`, harami's
+    `atr_5m`): a stop at the max-stop-ATR limit within 1e-9 goes to evaluate, one clear of it does not."""
+    from scalper.backtest.signals import _fragile
+    from shared.strategies.over_history import HistorySignals
+
+    def signals(key: str, stop: float) -> HistorySignals:
+        one = np.ones(1)
+        return HistorySignals(index=np.array([5]), side=np.array(["buy"]), entry=2000.0 * one, stop=stop * one,
+                              target=2000.4 * one, score=0.7 * one, features=[{key: 0.1}], unsure=np.empty(0, np.int64))
+
+    spec = get_spec("XAUUSD")
+    for key in ("atr", "atr_5m"):
+        assert _fragile(signals(key, 1998.0), spec, (), (20.0,)).tolist() == [True]  # 2.0 / 0.1 = 20 ATR: the limit
+        assert _fragile(signals(key, 1998.5), spec, (), (20.0,)).tolist() == [False]  # 15 ATR
+    assert _fragile(signals("range", 1998.0), spec, (), (20.0,)).tolist() == [False]  # no ATR: the limit is not read
