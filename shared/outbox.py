@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import topology
 from shared.bus.base import Bus, Outgoing, QueueSpec, Unroutable
+from shared.db import unnest
 from shared.db.engine import transaction
 from shared.db.models import OutboxRow
 from shared.logging import get_logger
@@ -94,6 +95,11 @@ async def enqueue(*, session: AsyncSession, message: Message, exchange: str, rou
 
 
 _INSERT_MANY = OUTBOX.insert().returning(OUTBOX.c.id, sort_by_parameter_order=True)
+# PostgreSQL: the same rows over one array per column (shared/db/unnest.py), ids drawn in the order given.
+_INSERT_ARRAYS = unnest.insert("outbox", (
+    ("exchange", "text"), ("routing_key", "text"), ("message_type", "text"), ("body", "text"), ("created_at", "time"),
+    ("published_at", "time"), ("attempts", "int"), ("last_error", "text"),
+), returning=("id",))
 
 
 async def enqueue_many(
@@ -109,7 +115,11 @@ async def enqueue_many(
          "created_at": at, "published_at": None, "attempts": 0, "last_error": None}
         for message, exchange, routing_key in items
     ]
-    ids = (await (await session.connection()).execute(_INSERT_MANY, values)).scalars().all()
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        ids = sorted((await _INSERT_ARRAYS.execute(connection, values)).scalars().all())
+    else:
+        ids = (await connection.execute(_INSERT_MANY, values)).scalars().all()
     return [Pending(id=row_id, exchange=exchange, routing_key=routing_key, message=message)
             for row_id, (message, exchange, routing_key) in zip(ids, items, strict=True)]
 
