@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import bindparam, select
+from sqlalchemy import Integer, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import topology
@@ -69,12 +70,14 @@ class Pending:
 # --- plain functions over a session ----------------------------------------------------------------------------
 
 _INSERT = OUTBOX.insert().returning(OUTBOX.c.id)
-_MARK_PUBLISHED = OUTBOX.update().where(OUTBOX.c.id.in_(bindparam("ids", expanding=True))).values(published_at=bindparam("at"))
-_RECORD_FAILURE = (
-    OUTBOX.update()
-    .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
-    .values(attempts=OUTBOX.c.attempts + 1, last_error=bindparam("error"))
-)
+# The rows by id: an IN list (SQLite), or `= ANY` of one array (PostgreSQL: one statement text whatever the count).
+_IDS = {"sqlite": OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
+        "postgresql": OUTBOX.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))}
+_MARK_PUBLISHED = {dialect: OUTBOX.update().where(ids).values(published_at=bindparam("at")) for dialect, ids in _IDS.items()}
+_RECORD_FAILURE = {
+    dialect: OUTBOX.update().where(ids).values(attempts=OUTBOX.c.attempts + 1, last_error=bindparam("error"))
+    for dialect, ids in _IDS.items()
+}
 
 
 async def enqueue(*, session: AsyncSession, message: Message, exchange: str, routing_key: str, now: datetime | None = None) -> Pending:
@@ -126,12 +129,14 @@ async def enqueue_many(
 
 async def mark_published(*, session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
     if ids:
-        await (await session.connection()).execute(_MARK_PUBLISHED, {"ids": list(ids), "at": at})
+        connection = await session.connection()
+        await connection.execute(_MARK_PUBLISHED[connection.dialect.name], {"ids": list(ids), "at": at})
 
 
 async def record_failure(*, session: AsyncSession, ids: Sequence[int], error: str) -> None:
     if ids:
-        await (await session.connection()).execute(_RECORD_FAILURE, {"ids": list(ids), "error": error[:ERROR_CHARS]})
+        connection = await session.connection()
+        await connection.execute(_RECORD_FAILURE[connection.dialect.name], {"ids": list(ids), "error": error[:ERROR_CHARS]})
 
 
 async def unpublished(*, session: AsyncSession, limit: int, older_than: datetime | None = None, exclude: Sequence[int] = ()) -> list:

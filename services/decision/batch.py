@@ -26,6 +26,7 @@ from sqlalchemy import Integer, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.decision import audit
+from services.decision.risk import AccountRules, BotRules, Exposure, Leg
 from services.decision.decisions import (
     _ACCOUNTS,
     _BOTS,
@@ -37,10 +38,10 @@ from services.decision.decisions import (
     _signal_values,
     decision_audit,
     decision_values,
-    exposure_from_rows,
     exposure_where,
     open_values,
     order_intent_for,
+    pending_margin,
     risk_result,
     signal_audit,
     strategy_exit_for,
@@ -260,6 +261,51 @@ async def _store(connection, dialect: str, signals: Sequence[Signal], valid: lis
     return stored
 
 
+class _Book:
+    """The account's exposure rows (the batch's exposure read, and each decision this batch opened), kept so that
+    each signal's Exposure is found without walking the rows again: what `exposure_from_rows` makes of the rows the
+    one-at-a-time read would have found (the account's open legs, and the bot's trades since the day's start)."""
+
+    def __init__(self, rows, *, account, day_start: datetime) -> None:
+        self._account, self._day_start = account, day_start
+        self._rows: list = []
+        self._legs: list[Leg] = []
+        self._legs_tuple: tuple[Leg, ...] | None = ()
+        self._open_by_bot: dict[int, int] = {}
+        self._open_by_instrument: dict[str, int] = {}
+        self._today_by_bot: dict[int, int] = {}
+        for row in rows:
+            self.add(row)
+
+    def add(self, row) -> None:
+        self._rows.append(row)
+        if row.open:
+            leg = Leg(bot_id=row.bot_id, instrument=canonical_symbol(row.symbol, self._account.symbol_suffix), side=row.side,
+                      volume=row.volume or 0.0)
+            self._legs.append(leg)
+            self._legs_tuple = None
+            self._open_by_bot[leg.bot_id] = self._open_by_bot.get(leg.bot_id, 0) + 1
+            self._open_by_instrument[leg.instrument] = self._open_by_instrument.get(leg.instrument, 0) + 1
+        if row.created_at >= self._day_start:
+            self._today_by_bot[row.bot_id] = self._today_by_bot.get(row.bot_id, 0) + 1
+
+    def exposure(self, bot, *, margin_free: float | None) -> Exposure:
+        account, day_start = self._account, self._day_start
+        if self._legs_tuple is None:
+            self._legs_tuple = tuple(self._legs)
+        if margin_free is not None:
+            sent = [(r.symbol, r.volume, r.entry) for r in self._rows
+                    if (r.open or (r.bot_id == bot.id and r.created_at >= day_start)) and r.order_status == "sent"]
+            margin_free -= pending_margin(account=account, sent=sent)
+        return Exposure(
+            open_positions=self._open_by_bot.get(bot.id, 0),
+            open_on_symbol=self._open_by_instrument.get(canonical_symbol(bot.symbol, account.symbol_suffix), 0),
+            trades_today=self._today_by_bot.get(bot.id, 0),
+            legs=self._legs_tuple,
+            margin_free=margin_free,
+        )
+
+
 async def _decide(
     connection, dialect: str, signals: Sequence[Signal], valid: list[int], *, bots: dict, account, stored: _Stored, now: datetime,
     margin_free: float | None, max_stop_atr: float,
@@ -267,23 +313,27 @@ async def _decide(
     """(position, decision values, risk result) of each signal to decide, in order: one exposure read, and each
     decision made here joins the exposure the next signals see (as the one-at-a-time read would find it)."""
     day_start = broker_day_start(account.server_time, now)
-    exposure_rows = list((await connection.execute(_EXPOSURE_MANY[dialect], {
+    book = _Book((await connection.execute(_EXPOSURE_MANY[dialect], {
         "account_id": account.id, "bot_ids": sorted({signals[i].bot_id for i in valid}), "day_start": day_start,
-    })).all())
+    })).all(), account=account, day_start=day_start)
+    account_rules = AccountRules.from_attrs(account)
+    rules: dict[int, BotRules] = {}  # each bot's, read once
     made = []
     for i in valid:
         if i in stored.repeat_of or stored.stored_id[i] in stored.existing:
             continue  # answered by the decision it repeats
         signal, bot = signals[i], bots[signals[i].bot_id][0]
         signal_id = stored.stored_id[i]
-        rows = [r for r in exposure_rows if r.open or (r.bot_id == bot.id and r.created_at >= day_start)]
-        exposure = exposure_from_rows(rows, bot=bot, account=account, day_start=day_start, margin_free=margin_free)
-        result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
+        exposure = book.exposure(bot, margin_free=margin_free)
+        if bot.id not in rules:
+            rules[bot.id] = BotRules.from_attrs(bot)
+        result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr,
+                             rules=rules[bot.id], account_rules=account_rules)
         values = decision_values(signal_id=signal_id, bot=bot, account=account, result=result, now=now)
         made.append((i, values, result))
         if result.action == "open":
-            exposure_rows.append(_ExposureRow(bot_id=bot.id, symbol=values["symbol"], side=values["side"], volume=values["volume"],
-                                              order_status="sent", created_at=now, open=True, entry=stored.entry.get(signal_id)))
+            book.add(_ExposureRow(bot_id=bot.id, symbol=values["symbol"], side=values["side"], volume=values["volume"],
+                                  order_status="sent", created_at=now, open=True, entry=stored.entry.get(signal_id)))
     return made
 
 
