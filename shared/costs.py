@@ -34,11 +34,16 @@ def commission_price(spec: SymbolSpec, commission_per_lot: float, price: float) 
 
 
 def cost_r(*, entry: float, stop: float, spread_points: float, spec: SymbolSpec, commission_per_lot: float = 0.0) -> float:
-    """Spread plus commission in R (stop distances): a long pays the spread on entry (ask), a short on exit."""
+    """What a trade pays beyond its levels, in R (stop distances), on top of P(target before stop) as the first touch
+    judges it (scalper/calibrate/outcomes.py): commission, and for a long the spread. A long buys at the ask and exits at
+    its levels on the bid: it wins T - s or loses S + s, so the spread is a cost in money. A short sells at the bid and
+    its levels trigger on the ask and fill at the level: it wins T or loses S exactly; its spread is already in the
+    probability (the ask starts a spread nearer the stop), so counting it here too would count it twice."""
     risk = abs(entry - stop)
     if not risk > 0:
         return float("inf")
-    return (spec.points_to_price(spread_points) + commission_price(spec, commission_per_lot, entry)) / risk
+    spread = spec.points_to_price(spread_points) if stop < entry else 0.0
+    return (spread + commission_price(spec, commission_per_lot, entry)) / risk
 
 
 def expected_r_net(p_win: float, *, reward_r: float, cost: float) -> float:

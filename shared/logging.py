@@ -282,3 +282,14 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+def enabled(name: str, level: int) -> bool:
+    """Whether a line at `level` from logger `name` gets past the first processor: False only when that processor is
+    `filter_by_level` (configure_logging's) and the standard logger is below `level`, where the line would be dropped
+    before anything reads it. A hot path asks once, and skips building lines nobody sees; where the processors are
+    others (structlog.testing.capture_logs), every line is kept, as it would have been."""
+    processors = structlog.get_config()["processors"]
+    if not processors or processors[0] is not structlog.stdlib.filter_by_level:
+        return True
+    return logging.getLogger(name).isEnabledFor(level)

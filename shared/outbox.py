@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import bindparam, select
+from sqlalchemy import Integer, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import topology
 from shared.bus.base import Bus, Outgoing, QueueSpec, Unroutable
+from shared.db import unnest
 from shared.db.engine import transaction
 from shared.db.models import OutboxRow
 from shared.logging import get_logger
@@ -68,12 +70,14 @@ class Pending:
 # --- plain functions over a session ----------------------------------------------------------------------------
 
 _INSERT = OUTBOX.insert().returning(OUTBOX.c.id)
-_MARK_PUBLISHED = OUTBOX.update().where(OUTBOX.c.id.in_(bindparam("ids", expanding=True))).values(published_at=bindparam("at"))
-_RECORD_FAILURE = (
-    OUTBOX.update()
-    .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
-    .values(attempts=OUTBOX.c.attempts + 1, last_error=bindparam("error"))
-)
+# The rows by id: an IN list (SQLite), or `= ANY` of one array (PostgreSQL: one statement text whatever the count).
+_IDS = {"sqlite": OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
+        "postgresql": OUTBOX.c.id == any_(bindparam("ids", type_=ARRAY(Integer)))}
+_MARK_PUBLISHED = {dialect: OUTBOX.update().where(ids).values(published_at=bindparam("at")) for dialect, ids in _IDS.items()}
+_RECORD_FAILURE = {
+    dialect: OUTBOX.update().where(ids).values(attempts=OUTBOX.c.attempts + 1, last_error=bindparam("error"))
+    for dialect, ids in _IDS.items()
+}
 
 
 async def enqueue(*, session: AsyncSession, message: Message, exchange: str, routing_key: str, now: datetime | None = None) -> Pending:
@@ -94,6 +98,11 @@ async def enqueue(*, session: AsyncSession, message: Message, exchange: str, rou
 
 
 _INSERT_MANY = OUTBOX.insert().returning(OUTBOX.c.id, sort_by_parameter_order=True)
+# PostgreSQL: the same rows over one array per column (shared/db/unnest.py), ids drawn in the order given.
+_INSERT_ARRAYS = unnest.insert("outbox", (
+    ("exchange", "text"), ("routing_key", "text"), ("message_type", "text"), ("body", "text"), ("created_at", "time"),
+    ("published_at", "time"), ("attempts", "int"), ("last_error", "text"),
+), returning=("id",))
 
 
 async def enqueue_many(
@@ -109,19 +118,25 @@ async def enqueue_many(
          "created_at": at, "published_at": None, "attempts": 0, "last_error": None}
         for message, exchange, routing_key in items
     ]
-    ids = (await (await session.connection()).execute(_INSERT_MANY, values)).scalars().all()
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        ids = sorted((await _INSERT_ARRAYS.execute(connection, values)).scalars().all())
+    else:
+        ids = (await connection.execute(_INSERT_MANY, values)).scalars().all()
     return [Pending(id=row_id, exchange=exchange, routing_key=routing_key, message=message)
             for row_id, (message, exchange, routing_key) in zip(ids, items, strict=True)]
 
 
 async def mark_published(*, session: AsyncSession, ids: Sequence[int], at: datetime) -> None:
     if ids:
-        await (await session.connection()).execute(_MARK_PUBLISHED, {"ids": list(ids), "at": at})
+        connection = await session.connection()
+        await connection.execute(_MARK_PUBLISHED[connection.dialect.name], {"ids": list(ids), "at": at})
 
 
 async def record_failure(*, session: AsyncSession, ids: Sequence[int], error: str) -> None:
     if ids:
-        await (await session.connection()).execute(_RECORD_FAILURE, {"ids": list(ids), "error": error[:ERROR_CHARS]})
+        connection = await session.connection()
+        await connection.execute(_RECORD_FAILURE[connection.dialect.name], {"ids": list(ids), "error": error[:ERROR_CHARS]})
 
 
 async def unpublished(*, session: AsyncSession, limit: int, older_than: datetime | None = None, exclude: Sequence[int] = ()) -> list:

@@ -176,6 +176,18 @@ def _near_rounding(price: np.ndarray, digits: int) -> np.ndarray:
     return np.abs(x - np.floor(x) - 0.5) <= NEAR * np.abs(x) + 1e-12
 
 
+def _atr_feature(features: dict[str, Any]) -> float:
+    """The ATR the risk rules read from a signal's features (services.decision.risk.signal_atr's keys, in its
+    order), NaN when none."""
+    from services.decision.risk import ATR_FEATURES
+
+    for key in ATR_FEATURES:
+        value = features.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return np.nan
+
+
 def _fragile(hs: HistorySignals, spec: SymbolSpec, score_marks: Sequence[float], stop_atr_marks: Sequence[float]) -> np.ndarray:
     """Matches from arrays the risk rules would judge near one of their thresholds, or that Match would refuse (stop,
     entry and target out of trade order, a score outside [0, 1]): evaluate decides them."""
@@ -186,7 +198,7 @@ def _fragile(hs: HistorySignals, spec: SymbolSpec, score_marks: Sequence[float],
     for mark in score_marks:
         out |= np.abs(hs.score - mark) <= NEAR * max(abs(mark), 1e-3)
     if stop_atr_marks and len(hs.index):
-        atr = np.array([f.get("atr") if isinstance(f.get("atr"), float) else np.nan for f in hs.features])
+        atr = np.array([_atr_feature(f) for f in hs.features])
         with np.errstate(invalid="ignore", divide="ignore"):
             far = np.maximum(np.abs(hs.stop - hs.entry), np.abs(hs.target - hs.entry)) / atr
             for mark in stop_atr_marks:
@@ -249,7 +261,7 @@ def scan_history(
             fragile = _fragile(hs, spec, score_marks, stop_atr_marks)
             mask[hs.index[fragile] - first] = True
             good = np.flatnonzero(~fragile)
-            times = bars.time[hs.index[good]].tolist()
+            times = (bars.time[hs.index[good]] if hs.bar_time is None else hs.bar_time[good]).tolist()
             for k, i, t, side, entry, stop, target, score in zip(
                     good.tolist(), hs.index[good].tolist(), times, hs.side[good].tolist(), hs.entry[good].tolist(),
                     hs.stop[good].tolist(), hs.target[good].tolist(), hs.score[good].tolist(), strict=True):

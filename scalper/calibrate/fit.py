@@ -1,6 +1,11 @@
-"""Walk-forward calibration of P(target before stop) per strategy and symbol (scikit-learn's logistic regression),
-and the out-of-sample measures of it: Brier skill against the evaluated signals' own base rate (bootstrap interval),
-AUC, reliability bins and the hit rate by p_win quintile. Only later folds are ever scored."""
+"""Walk-forward calibration of P(target before stop) per strategy and symbol, and the out-of-sample measures of it.
+
+The model starts from the signal's geometric prior (the gambler's-ruin ratio of its own stop and target in the price
+its exits trigger on: shared/calibration.py, geometric_prior), which needs no fitting; a deviation from it (a fitted
+intercept, or a logistic regression with the prior as its offset: scikit-learn's objective, scipy's solver) replaces
+it only when it holds over a walk-forward inside the training signals (fit_model). The measures: Brier skill against
+the evaluated signals' own base rate (bootstrap interval), AUC, reliability bins and the hit rate by p_win quintile.
+Only later folds are ever scored."""
 
 from __future__ import annotations
 
@@ -14,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from shared.calibration import Calibration, Model, raw_inputs
+from shared.calibration import PRIOR, Calibration, Model, raw_inputs
 from scalper.calibrate.outcomes import outcomes_of
 from shared.costs import cost_r
 from shared.timeutil import from_epoch
 
-MIN_TRAIN = 30  # labelled signals (with both outcomes) a fit needs; fewer: the training base rate alone
+MIN_TRAIN = 30  # labelled signals (with both outcomes) a fit needs; fewer: the geometric prior alone
+INNER = 4  # folds of the walk-forward inside the training signals that decides whether a deviation from the prior holds
 BOOTSTRAP = 1000
 C = 0.1  # L2 strength of the logistic regression: strong, because the inputs are few and the signal is weak
 
@@ -79,18 +85,52 @@ def label_file(path: Path, *, strategies: Sequence[str], commission_per_lot: flo
 
 
 def fit_model(inputs: list[dict[str, float]], won: Sequence[int]) -> Model:
-    """The logistic regression when it beats the base rate on the latest 30 % of the training signals (fitted on the
-    earlier 70 %), refitted on all of them; else the training base rate alone. The choice is made on training data
-    only, so a model that has learnt noise falls back to the base rate instead of being worse than it."""
+    """The geometric prior (shared/calibration.py, geometric_prior), unless a fitted deviation from it holds over time:
+    over a walk-forward inside the training signals (INNER folds, each later fold scored by a fit on the folds before
+    it), the prior with a fitted intercept replaces the prior if it has the lower Brier on every scored inner fold, and
+    the logistic regression over every input with the prior as its offset replaces whichever of the two stands if it
+    beats that one on every scored inner fold; the one standing is refitted on all the signals. The choice is made on
+    training data only, prefers the simpler model on a tie, and asks for a gain in every stretch of time because a
+    deviation that wins one split and then drifts is worse out of sample than the prior (docs/benchmarks.md,
+    "Calibration")."""
     y = np.asarray(won, dtype=int)
-    cut = int(len(y) * 0.7)
-    if len(y) >= 2 * MIN_TRAIN and y[:cut].min() != y[:cut].max():
-        trial, constant = _fit(inputs[:cut], y[:cut]), _constant(y[:cut])
-        held = y[cut:]
-        trial_brier = _brier(np.array([trial.p_win(v) for v in inputs[cut:]]), held)
-        if trial_brier < _brier(np.full(len(held), constant.p_win({})), held):
-            return _fit(inputs, y)
-    return _constant(y)
+    edges = np.linspace(0, len(y), INNER + 1).astype(int)
+    prior = prior_model()
+    if edges[1] < MIN_TRAIN:
+        return prior
+
+    def fold_briers(fitter) -> np.ndarray:
+        out = []
+        for k in range(1, INNER):
+            a, b = edges[k], edges[k + 1]
+            model = prior if fitter is None else fitter(inputs[:a], y[:a])
+            out.append(_brier(np.array([model.p_win(v) for v in inputs[a:b]]), y[a:b]))
+        return np.array(out)
+
+    best, best_briers = None, fold_briers(None)
+    for fitter in (_fit_intercept, _fit_deviation):
+        briers = fold_briers(fitter)
+        if np.all(briers < best_briers):
+            best, best_briers = fitter, briers
+    return prior if best is None else best(inputs, y)
+
+
+def _fit_intercept(inputs: list[dict[str, float]], y: np.ndarray) -> Model:
+    """The prior shifted by one fitted constant in the log-odds (what the levels miss on average)."""
+    return _fit([{PRIOR: row[PRIOR]} for row in inputs], y, offset=PRIOR)
+
+
+def _fit_deviation(inputs: list[dict[str, float]], y: np.ndarray) -> Model:
+    return _fit(inputs, y, offset=PRIOR)
+
+
+def describe(model: Model) -> str:
+    """What kind of model it is, in words (the report and the command's lines)."""
+    if model.offset == PRIOR:
+        if not model.inputs:
+            return "geometric prior" if model.intercept == 0.0 else "prior + fitted intercept"
+        return f"prior + fitted deviation ({len(model.inputs)} inputs)"
+    return "base rate" if not model.inputs else f"logistic regression ({len(model.inputs)} inputs)"
 
 
 def _constant(y: np.ndarray) -> Model:
@@ -98,21 +138,57 @@ def _constant(y: np.ndarray) -> Model:
     return Model((), (), (), (), math.log(rate / (1 - rate)))
 
 
-def _fit(inputs: list[dict[str, float]], y: np.ndarray) -> Model:
-    """Logistic regression on standardised inputs (the base rate alone when there is too little to fit)."""
-    if len(y) < MIN_TRAIN or y.min() == y.max():
-        return _constant(y)
-    from sklearn.linear_model import LogisticRegression
+def prior_model() -> Model:
+    """The geometric prior alone (shared/calibration.py, geometric_prior): no fitted coefficient at all."""
+    return Model((), (), (), (), 0.0, PRIOR)
 
-    names = tuple(sorted({k for row in inputs for k in row}))
-    x = np.array([[row.get(k, 0.0) for k in names] for row in inputs], dtype=float)
+
+def _fit(inputs: list[dict[str, float]], y: np.ndarray, *, offset: str | None = None) -> Model:
+    """Logistic regression on standardised inputs (the base rate alone, or with an offset the offset alone, when there is
+    too little to fit). With `offset`, that input enters with its coefficient fixed at 1 and the regression (the same
+    L2 penalty, intercept unpenalised) learns only the deviation from it. PRIOR is never a fitted input: it is the
+    offset or nothing."""
+    if len(y) < MIN_TRAIN or y.min() == y.max():
+        return _constant(y) if offset is None else prior_model() if offset == PRIOR else Model((), (), (), (), 0.0, offset)
+    names = tuple(sorted({k for row in inputs for k in row} - {PRIOR, offset}))
+    x = np.array([[row.get(k, 0.0) for k in names] for row in inputs], dtype=float).reshape(len(y), len(names))
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     keep = scale > 1e-12  # a constant input says nothing
     names, mean, scale = tuple(n for n, k in zip(names, keep, strict=True) if k), mean[keep], scale[keep]
     z = (x[:, keep] - mean) / scale
-    clf = LogisticRegression(C=C, max_iter=1000).fit(z, y)
-    return Model(names, tuple(mean.tolist()), tuple(scale.tolist()), tuple(clf.coef_[0].tolist()), float(clf.intercept_[0]))
+    if offset is None:
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=C, max_iter=1000).fit(z, y)
+        coef, intercept = clf.coef_[0], float(clf.intercept_[0])
+    else:
+        coef, intercept = _fit_with_offset(z, y, np.array([row[offset] for row in inputs], dtype=float))
+    return Model(names, tuple(mean.tolist()), tuple(scale.tolist()), tuple(coef.tolist()), intercept, offset)
+
+
+def _fit_with_offset(z: np.ndarray, y: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, float]:
+    """scikit-learn's objective (C times the summed log loss plus half the squared coefficients; the intercept free)
+    with a fixed offset in the log-odds, which scikit-learn's LogisticRegression cannot take: minimised by scipy's
+    L-BFGS (the solver scikit-learn itself uses). Convex, so the minimum is unique."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    yf = y.astype(float)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        eta = offset + b + z @ w
+        loss = float(np.sum(np.logaddexp(0.0, eta) - yf * eta))
+        g = expit(eta) - yf
+        return C * loss + 0.5 * float(w @ w), np.append(C * (z.T @ g) + w, C * g.sum())
+
+    res = minimize(objective, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-10})
+    # L-BFGS may stop on a line search at these tolerances with the minimum found; judge by the gradient instead.
+    if not np.all(np.isfinite(res.x)) or np.max(np.abs(res.jac)) > 1e-5 * max(1.0, C * len(y)):
+        raise RuntimeError(f"the offset logistic regression did not converge: {res.message}")
+    return res.x[:-1], float(res.x[-1])
 
 
 def walk_forward(g: Labelled, folds: int) -> dict[str, Any]:
@@ -131,7 +207,8 @@ def walk_forward(g: Labelled, folds: int) -> dict[str, Any]:
         realised = np.where(y == 1, reward, -1.0) - cost
         expected = p * reward - (1 - p) - cost
         p_all.append(p), y_all.append(y), r_all.append(realised), exp_all.append(expected)
-        per_fold.append({"fold": k, "train": int(a), "scored": int(b - a), "brier": _brier(p, y), "hit_rate": float(y.mean())})
+        per_fold.append({"fold": k, "train": int(a), "scored": int(b - a), "model": describe(model), "brier": _brier(p, y),
+                         "hit_rate": float(y.mean()), "p_mean": float(p.mean())})
     if not p_all:
         return {"scored": 0}
     p, y, realised, expected = (np.concatenate(v) for v in (p_all, y_all, r_all, exp_all))
@@ -207,7 +284,7 @@ def calibrate(files: Sequence[Path], *, strategies: Sequence[str], folds: int = 
             setattr(g, name, [values[i] for i in order])
         models[key] = fit_model(g.inputs, g.won)
         rows.append({"strategy": key[0], "symbol": key[1], "signals": len(g.won) + g.open, "labelled": len(g.won),
-                     "open": g.open, **walk_forward(g, folds)})
+                     "open": g.open, "model": describe(models[key]), **walk_forward(g, folds)})
     meta = {"files": [Path(f).name for f in files], "folds": folds, "strategies": list(strategies),
             "evaluation": [{k: v for k, v in r.items() if k not in ("reliability", "folds")} for r in rows]}
     return Calibration(models, commission_per_lot, meta), rows

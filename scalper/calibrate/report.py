@@ -16,13 +16,18 @@ def to_html(rows: list[dict[str, Any]], *, files: list[str]) -> str:
              f"<h1>Calibration, walk-forward</h1><p>Files: {html.escape(', '.join(files))}. Every figure below is on the "
              "later folds only: each fold is scored by a model fitted on the folds before it. Brier skill is against "
              "always saying the scored signals' own base rate (0: no better; negative: worse); the interval is a 95 % "
-             "bootstrap. R net counts spread and commission.</p>", "<table border='1' cellpadding='4'><tr><th>strategy</th>"
-             "<th>symbol</th><th>scored</th><th>base rate</th><th>Brier skill [95 %]</th><th>AUC</th><th>hit rate by p_win "
+             "bootstrap. R net counts spread and commission. Every model starts from the geometric prior: the "
+             "probability a driftless price touches the target before the stop, from the signal's own levels and "
+             "spread; a fitted deviation replaces it only when it held over a walk-forward inside the training "
+             "signals. A prior with skill above 0 says the geometry ranks signals, not that the strategy has an "
+             "edge: under the prior every trade expects to lose its costs.</p>", "<table border='1' cellpadding='4'>"
+             "<tr><th>strategy</th><th>symbol</th><th>model (all signals)</th><th>scored</th><th>base rate</th><th>Brier skill [95 %]</th><th>AUC</th><th>hit rate by p_win "
              "quintile</th><th>mean R net</th><th>verdict</th></tr>"]
     for r in scored:
         lo, hi = r["brier_skill_95"]
         parts.append(
-            f"<tr><td>{html.escape(r['strategy'])}</td><td>{html.escape(r['symbol'])}</td><td>{r['scored']}</td>"
+            f"<tr><td>{html.escape(r['strategy'])}</td><td>{html.escape(r['symbol'])}</td>"
+            f"<td>{html.escape(r.get('model', ''))}</td><td>{r['scored']}</td>"
             f"<td>{r['base_rate']:.3f}</td><td>{r['brier_skill']:+.4f} [{lo:+.3f}, {hi:+.3f}]</td><td>{r['auc']:.3f}</td>"
             f"<td>{' / '.join(f'{q:.2f}' for q in r['quintile_hit_rate'])}</td><td>{r['r_net_mean']:+.3f}</td>"
             f"<td>{html.escape(r['verdict'])}</td></tr>")

@@ -43,4 +43,4 @@ def calibrate(
         lo, hi = r["brier_skill_95"]
         typer.echo(f"{r['strategy']:20s} {r['symbol']:8s} scored {r['scored']:5d}  base {r['base_rate']:.3f}  "
                    f"Brier skill {r['brier_skill']:+.4f} [{lo:+.3f}, {hi:+.3f}]  AUC {r['auc']:.3f}  "
-                   f"R net {r['r_net_mean']:+.3f}  {r['verdict']}")
+                   f"R net {r['r_net_mean']:+.3f}  model: {r['model']}  {r['verdict']}")

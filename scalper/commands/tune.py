@@ -56,6 +56,11 @@ def tune(
                    f"{row['out_of_sample_trades']:>10}  {_r(row['out_of_sample_r'])}"
                    + ("" if row["out_of_sample_se"] is None else f" ± {row['out_of_sample_se']:.3f}"))
     typer.echo(f"{doc['feasible_trials']} of {len(doc['history'])} trials traded at least {doc['min_fold_trades']} times in every test fold")
+    if doc["best_trial"] == 0:
+        typer.secho(f"no trial beat the defaults (trial 0) out of sample: {out} holds the defaults", fg=typer.colors.YELLOW)
+    if doc["best_objective"] is not None and doc["best_objective"] <= 0:
+        typer.secho(f"the best parameters lose after costs out of sample ({doc['best_objective']:+.3f} R a trade): "
+                    "nothing here is worth trading", fg=typer.colors.YELLOW)
     if doc["warning"]:
         typer.secho(f"overfitting warning: {doc['warning']}", fg=typer.colors.YELLOW)
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import unnest
 from shared.db.models import AuditLog
 from shared.timeutil import utcnow
 
@@ -73,10 +74,20 @@ def record(*, session: AsyncSession, **fields: Any) -> AuditLog:
 
 
 _INSERT = AuditLog.__table__.insert()  # Core: the ORM's bulk insert took twice as long for a decision's two rows
+# PostgreSQL: the same rows over one array per column (shared/db/unnest.py); the columns `entry` fills.
+_INSERT_ARRAYS = unnest.insert("audit_log", (
+    ("at", "time"), ("actor", "text"), ("user_id", "int"), ("bot_id", "int"), ("kind", "text"), ("entity_id", "text"),
+    ("message", "text"), ("before", "json"), ("after", "json"),
+))
 
 
 async def write(*, session: AsyncSession, entries: list[dict[str, Any]]) -> None:
-    """Insert audit rows now, in one statement, without loading them as objects (the hot path of a decision), on the
-    session's connection: pending ORM changes are not flushed first."""
-    if entries:
-        await (await session.connection()).execute(_INSERT, entries)
+    """Insert audit rows (each made by `entry`) now, in one statement, without loading them as objects (the hot path
+    of a decision), on the session's connection: pending ORM changes are not flushed first."""
+    if not entries:
+        return
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await _INSERT_ARRAYS.execute(connection, entries)
+    else:
+        await connection.execute(_INSERT, entries)

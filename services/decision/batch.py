@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Integer, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from services.decision import audit
+from services.decision.risk import AccountRules, BotRules, Exposure, Leg
 from services.decision.decisions import (
     _ACCOUNTS,
     _BOTS,
@@ -36,10 +38,10 @@ from services.decision.decisions import (
     _signal_values,
     decision_audit,
     decision_values,
-    exposure_from_rows,
     exposure_where,
     open_values,
     order_intent_for,
+    pending_margin,
     risk_result,
     signal_audit,
     strategy_exit_for,
@@ -47,6 +49,7 @@ from services.decision.decisions import (
 from shared import outbox
 from shared.bus import topology
 from shared.bus.base import TransientError
+from shared.db import unnest
 from shared.db.models import Decision, SignalRow
 from shared.messages import InvalidMessage, Signal
 from shared.settings import get_settings
@@ -55,13 +58,24 @@ from shared.timeutil import broker_day_start
 
 _SIGNALS, _DECISIONS = SignalRow.__table__, Decision.__table__
 
-_BOTS_AND_ACCOUNTS = (
-    select(*(c.label(f"bot_{c.name}") for c in _BOTS.c), *(c.label(f"account_{c.name}") for c in _ACCOUNTS.c))
+def _bots_in(column):
+    """`column` among the batch's bot ids: an IN list (SQLite), or `= ANY` of one array (PostgreSQL: one statement
+    text, so one prepared statement, whatever the number of bots)."""
+    return {"sqlite": column.in_(bindparam("bot_ids", expanding=True)),
+            "postgresql": column == any_(bindparam("bot_ids", type_=ARRAY(Integer)))}
+
+
+_BOTS_AND_ACCOUNTS = {
+    dialect: select(*(c.label(f"bot_{c.name}") for c in _BOTS.c), *(c.label(f"account_{c.name}") for c in _ACCOUNTS.c))
     .join_from(_BOTS, _ACCOUNTS, _ACCOUNTS.c.id == _BOTS.c.account_id)
-    .where(_BOTS.c.id.in_(bindparam("bot_ids", expanding=True)))
+    .where(where)
     .order_by(_ACCOUNTS.c.id)  # accounts locked in one order, whatever the batch
     .with_for_update(of=_ACCOUNTS)
-)
+    for dialect, where in _bots_in(_BOTS.c.id).items()
+}
+# (attribute, result key) of the bot's and the account's columns, for the rows above.
+_BOT_KEYS = tuple((c.name, f"bot_{c.name}") for c in _BOTS.c)
+_ACCOUNT_KEYS = tuple((c.name, f"account_{c.name}") for c in _ACCOUNTS.c)
 # Rows a new signal may have met: by id, or by its dedupe key (same bots and bar times; matched in Python).
 _STORED = select(
     _SIGNALS.c.signal_id, _SIGNALS.c.bot_id, _SIGNALS.c.symbol, _SIGNALS.c.strategy, _SIGNALS.c.timeframe, _SIGNALS.c.bar_time,
@@ -71,11 +85,30 @@ _STORED = select(
     | (_SIGNALS.c.bot_id.in_(bindparam("bot_ids", expanding=True)) & _SIGNALS.c.bar_time.in_(bindparam("bar_times", expanding=True)))
 )
 _DECIDED = select(_DECISIONS).where(_DECISIONS.c.signal_id.in_(bindparam("signal_ids", expanding=True)))
-_EXPOSURE_MANY = select(*_EXPOSURE_COLUMNS).outerjoin(SignalRow, SignalRow.signal_id == Decision.signal_id).where(
-    exposure_where(bots=Decision.bot_id.in_(bindparam("bot_ids", expanding=True)))
-)
+_EXPOSURE_MANY = {
+    dialect: select(*_EXPOSURE_COLUMNS).outerjoin(SignalRow, SignalRow.signal_id == Decision.signal_id).where(exposure_where(bots=where))
+    for dialect, where in _bots_in(Decision.bot_id).items()
+}
 # One multi-row INSERT; the ids come back in the order of the rows given.
 _INSERT_DECISIONS = _DECISIONS.insert().returning(_DECISIONS.c.id, sort_by_parameter_order=True)
+
+# PostgreSQL: the signals, the decisions and the opened ones' order columns over one array per column
+# (shared/db/unnest.py): the rows and values of the Core statements above, without binding each value in Python.
+_SIGNAL_COLUMNS = (
+    ("signal_id", "text"), ("window_id", "text"), ("bot_id", "int"), ("account_id", "int"), ("symbol", "text"),
+    ("timeframe", "text"), ("strategy", "text"), ("side", "text"), ("bar_time", "time"), ("entry", "float"), ("stop", "float"),
+    ("target", "float"), ("score", "float"), ("features", "json"), ("p_win", "float"), ("expected_r_net", "float"),
+    ("created_at", "time"),
+)
+_INSERT_SIGNALS_ARRAYS = unnest.insert("signals", _SIGNAL_COLUMNS, returning=("signal_id",), on_conflict_do_nothing=True)
+_INSERT_DECISIONS_ARRAYS = unnest.insert("decisions", (
+    ("signal_id", "text"), ("bot_id", "int"), ("account_id", "int"), ("symbol", "text"), ("action", "text"), ("reason", "text"),
+    ("checks", "json"), ("side", "text"), ("volume", "float"), ("sl", "float"), ("tp", "float"), ("created_at", "time"),
+    ("client_order_id", "text"), ("expires_at", "time"), ("order_status", "text"),
+), returning=("id", "signal_id"))  # one decision per signal: each id found by its signal
+_OPEN_DECISIONS_ARRAYS = unnest.update(
+    "decisions", ("id", "int"), (("client_order_id", "text"), ("expires_at", "time"), ("order_status", "text"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +150,8 @@ async def decide_account(
 ) -> list[SignalOutcome | InvalidMessage]:
     """Each signal's outcome, in order, as if handled one at a time in this order (see the module's docstring)."""
     connection = await session.connection()
-    bots = await _bots_of(connection, signals)
+    dialect = connection.dialect.name
+    bots = await _bots_of(connection, dialect, signals)
     outcomes, valid = _screen(signals, bots)
     if not valid:
         return outcomes  # type: ignore[return-value]
@@ -125,11 +159,11 @@ async def decide_account(
     if len(accounts) != 1:
         raise ValueError(f"decide_account takes one account's signals, not accounts {sorted(accounts)}")
     account = bots[signals[valid[0]].bot_id][1]
-    stored = await _store(connection, session.get_bind().dialect.name, signals, valid, now)
+    stored = await _store(connection, dialect, signals, valid, now)
     max_stop_atr = get_settings().max_stop_atr if max_stop_atr is None else max_stop_atr  # SCALPER_MAX_STOP_ATR
-    made = await _decide(connection, signals, valid, bots=bots, account=account, stored=stored, now=now,
+    made = await _decide(connection, dialect, signals, valid, bots=bots, account=account, stored=stored, now=now,
                          margin_free=margin_free, max_stop_atr=max_stop_atr)
-    await _write_decisions(connection, made, now=now, order_ttl_s=order_ttl_s)
+    await _write_decisions(connection, dialect, made, now=now, order_ttl_s=order_ttl_s)
     entries, intents = _answer(signals, valid, outcomes, bots=bots, stored=stored, made=made, now=now)
     await audit.write(session=session, entries=entries)
     if intents:
@@ -141,16 +175,17 @@ async def decide_account(
     return outcomes  # type: ignore[return-value]
 
 
-async def _bots_of(connection, signals: Sequence[Signal]) -> dict[int, tuple[SimpleNamespace, SimpleNamespace]]:
-    """The signals' bots and their accounts (columns as attributes), the accounts' rows locked, in one query."""
-    found = (await connection.execute(_BOTS_AND_ACCOUNTS, {"bot_ids": sorted({s.bot_id for s in signals})})).all()
-    bots = {}
+async def _bots_of(connection, dialect: str, signals: Sequence[Signal]) -> dict[int, tuple[SimpleNamespace, SimpleNamespace]]:
+    """The signals' bots and their accounts (columns as attributes; one account object per account), the accounts'
+    rows locked, in one query."""
+    found = (await connection.execute(_BOTS_AND_ACCOUNTS[dialect], {"bot_ids": sorted({s.bot_id for s in signals})})).all()
+    bots, accounts = {}, {}
     for row in found:
         values = row._mapping
-        bots[values["bot_id"]] = (
-            SimpleNamespace(**{c.name: values[f"bot_{c.name}"] for c in _BOTS.c}),
-            SimpleNamespace(**{c.name: values[f"account_{c.name}"] for c in _ACCOUNTS.c}),
-        )
+        account = accounts.get(values["account_id"])
+        if account is None:
+            account = accounts[values["account_id"]] = SimpleNamespace(**{name: values[key] for name, key in _ACCOUNT_KEYS})
+        bots[values["bot_id"]] = (SimpleNamespace(**{name: values[key] for name, key in _BOT_KEYS}), account)
     return bots
 
 
@@ -190,7 +225,11 @@ async def _store(connection, dialect: str, signals: Sequence[Signal], valid: lis
         to_insert.append(i)
     inserted: set[str] = set()
     if to_insert:
-        result = await connection.execute(_INSERT_SIGNAL[dialect], [_signal_values(signals[i], now) for i in to_insert])
+        rows = [_signal_values(signals[i], now) for i in to_insert]
+        if dialect == "postgresql":
+            result = await _INSERT_SIGNALS_ARRAYS.execute(connection, rows)
+        else:
+            result = await connection.execute(_INSERT_SIGNAL[dialect], rows)
         inserted = set(result.scalars().all())
     stored = _Stored(inserted=inserted, repeat_of=repeat_of, stored_id={}, entry={}, existing={})
     earlier_rows = []
@@ -222,46 +261,104 @@ async def _store(connection, dialect: str, signals: Sequence[Signal], valid: lis
     return stored
 
 
+class _Book:
+    """The account's exposure rows (the batch's exposure read, and each decision this batch opened), kept so that
+    each signal's Exposure is found without walking the rows again: what `exposure_from_rows` makes of the rows the
+    one-at-a-time read would have found (the account's open legs, and the bot's trades since the day's start)."""
+
+    def __init__(self, rows, *, account, day_start: datetime) -> None:
+        self._account, self._day_start = account, day_start
+        self._rows: list = []
+        self._legs: list[Leg] = []
+        self._legs_tuple: tuple[Leg, ...] | None = ()
+        self._open_by_bot: dict[int, int] = {}
+        self._open_by_instrument: dict[str, int] = {}
+        self._today_by_bot: dict[int, int] = {}
+        for row in rows:
+            self.add(row)
+
+    def add(self, row) -> None:
+        self._rows.append(row)
+        if row.open:
+            leg = Leg(bot_id=row.bot_id, instrument=canonical_symbol(row.symbol, self._account.symbol_suffix), side=row.side,
+                      volume=row.volume or 0.0)
+            self._legs.append(leg)
+            self._legs_tuple = None
+            self._open_by_bot[leg.bot_id] = self._open_by_bot.get(leg.bot_id, 0) + 1
+            self._open_by_instrument[leg.instrument] = self._open_by_instrument.get(leg.instrument, 0) + 1
+        if row.created_at >= self._day_start:
+            self._today_by_bot[row.bot_id] = self._today_by_bot.get(row.bot_id, 0) + 1
+
+    def exposure(self, bot, *, margin_free: float | None) -> Exposure:
+        account, day_start = self._account, self._day_start
+        if self._legs_tuple is None:
+            self._legs_tuple = tuple(self._legs)
+        if margin_free is not None:
+            sent = [(r.symbol, r.volume, r.entry) for r in self._rows
+                    if (r.open or (r.bot_id == bot.id and r.created_at >= day_start)) and r.order_status == "sent"]
+            margin_free -= pending_margin(account=account, sent=sent)
+        return Exposure(
+            open_positions=self._open_by_bot.get(bot.id, 0),
+            open_on_symbol=self._open_by_instrument.get(canonical_symbol(bot.symbol, account.symbol_suffix), 0),
+            trades_today=self._today_by_bot.get(bot.id, 0),
+            legs=self._legs_tuple,
+            margin_free=margin_free,
+        )
+
+
 async def _decide(
-    connection, signals: Sequence[Signal], valid: list[int], *, bots: dict, account, stored: _Stored, now: datetime,
+    connection, dialect: str, signals: Sequence[Signal], valid: list[int], *, bots: dict, account, stored: _Stored, now: datetime,
     margin_free: float | None, max_stop_atr: float,
 ) -> list[tuple[int, dict, object]]:
     """(position, decision values, risk result) of each signal to decide, in order: one exposure read, and each
     decision made here joins the exposure the next signals see (as the one-at-a-time read would find it)."""
     day_start = broker_day_start(account.server_time, now)
-    exposure_rows = list((await connection.execute(_EXPOSURE_MANY, {
+    book = _Book((await connection.execute(_EXPOSURE_MANY[dialect], {
         "account_id": account.id, "bot_ids": sorted({signals[i].bot_id for i in valid}), "day_start": day_start,
-    })).all())
+    })).all(), account=account, day_start=day_start)
+    account_rules = AccountRules.from_attrs(account)
+    rules: dict[int, BotRules] = {}  # each bot's, read once
     made = []
     for i in valid:
         if i in stored.repeat_of or stored.stored_id[i] in stored.existing:
             continue  # answered by the decision it repeats
         signal, bot = signals[i], bots[signals[i].bot_id][0]
         signal_id = stored.stored_id[i]
-        rows = [r for r in exposure_rows if r.open or (r.bot_id == bot.id and r.created_at >= day_start)]
-        exposure = exposure_from_rows(rows, bot=bot, account=account, day_start=day_start, margin_free=margin_free)
-        result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr)
+        exposure = book.exposure(bot, margin_free=margin_free)
+        if bot.id not in rules:
+            rules[bot.id] = BotRules.from_attrs(bot)
+        result = risk_result(bot=bot, account=account, signal=signal, exposure=exposure, max_stop_atr=max_stop_atr,
+                             rules=rules[bot.id], account_rules=account_rules)
         values = decision_values(signal_id=signal_id, bot=bot, account=account, result=result, now=now)
         made.append((i, values, result))
         if result.action == "open":
-            exposure_rows.append(_ExposureRow(bot_id=bot.id, symbol=values["symbol"], side=values["side"], volume=values["volume"],
-                                              order_status="sent", created_at=now, open=True, entry=stored.entry.get(signal_id)))
+            book.add(_ExposureRow(bot_id=bot.id, symbol=values["symbol"], side=values["side"], volume=values["volume"],
+                                  order_status="sent", created_at=now, open=True, entry=stored.entry.get(signal_id)))
     return made
 
 
-async def _write_decisions(connection, made: list[tuple[int, dict, object]], *, now: datetime, order_ttl_s: float) -> None:
+async def _write_decisions(connection, dialect: str, made: list[tuple[int, dict, object]], *, now: datetime, order_ttl_s: float) -> None:
     """The decisions in one multi-row INSERT; the opened ones' order columns (made of their ids) in one UPDATE."""
     if not made:
         return
-    ids = (await connection.execute(_INSERT_DECISIONS, [values for _, values, _ in made])).scalars().all()
+    rows = [values for _, values, _ in made]
+    if dialect == "postgresql":
+        by_signal = {signal_id: decision_id for decision_id, signal_id in (await _INSERT_DECISIONS_ARRAYS.execute(connection, rows)).all()}
+        ids = [by_signal[values["signal_id"]] for values in rows]
+    else:
+        ids = (await connection.execute(_INSERT_DECISIONS, rows)).scalars().all()
     opened = []
     for (_, values, result), decision_id in zip(made, ids, strict=True):
         values["id"] = decision_id
         if result.action == "open":
             open_values(values, decision_id=decision_id, now=now, order_ttl_s=order_ttl_s)
-            opened.append({"decision_id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}})
-    if opened:
-        await connection.execute(_OPEN_DECISION, opened)
+            opened.append({"id": decision_id, **{k: values[k] for k in ("client_order_id", "expires_at", "order_status")}})
+    if not opened:
+        return
+    if dialect == "postgresql":
+        await _OPEN_DECISIONS_ARRAYS.execute(connection, opened)
+    else:
+        await connection.execute(_OPEN_DECISION, [{"decision_id": row.pop("id"), **row} for row in opened])
 
 
 def _answer(

@@ -339,7 +339,12 @@ def decision_audit(*, decision: Decided, result: DecisionResult, user_id: int | 
     )
 
 
-def risk_result(*, bot, account, signal: Signal, exposure: Exposure, max_stop_atr: float) -> DecisionResult:
+def risk_result(
+    *, bot, account, signal: Signal, exposure: Exposure, max_stop_atr: float, rules: BotRules | None = None,
+    account_rules: AccountRules | None = None,
+) -> DecisionResult:
+    """The risk rules' decision; `rules` and `account_rules`: the bot's and the account's, when the caller read them
+    already (a batch reads each bot's once)."""
     if not account.is_active:  # a signal from a plan made before the account was switched off
         check = {"name": "account_not_active", "passed": False, "value": False, "limit": True}
         return DecisionResult(action="ignore", reason="account_not_active", checks=[check], side=signal.side)
@@ -348,8 +353,9 @@ def risk_result(*, bot, account, signal: Signal, exposure: Exposure, max_stop_at
     except UnknownSymbol as exc:
         check = {"name": "unknown_symbol", "passed": False, "value": bot.symbol, "limit": str(exc)}
         return DecisionResult(action="ignore", reason="unknown_symbol", checks=[check], side=signal.side)
-    return decide(rules=BotRules.from_attrs(bot), signal=signal, exposure=exposure, spec=spec, account=AccountRules.from_attrs(account),
-                  max_stop_atr=max_stop_atr)
+    rules = BotRules.from_attrs(bot) if rules is None else rules
+    account_rules = AccountRules.from_attrs(account) if account_rules is None else account_rules
+    return decide(rules=rules, signal=signal, exposure=exposure, spec=spec, account=account_rules, max_stop_atr=max_stop_atr)
 
 
 async def handle_signal(

@@ -101,7 +101,10 @@ class BotRules:
     @classmethod
     def from_attrs(cls, obj: Any) -> BotRules:
         """Read the rules from anything with these attributes (a `Bot` row, a backtest config); missing ones keep their default."""
-        return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls) if hasattr(obj, f.name)})
+        return cls(**{name: getattr(obj, name) for name in _BOT_RULES_FIELDS if hasattr(obj, name)})
+
+
+_BOT_RULES_FIELDS = tuple(f.name for f in dataclasses.fields(BotRules))  # read once: fields() walks the class each call
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,16 @@ none, and one `[ScalperSummary]` line a minute at info with the scans, signals, 
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Bot, Decision, SignalRow
+from shared.logging import enabled as log_enabled
 from shared.metrics import scan_lines_total
 from shared.messages import ScanReport
 
@@ -100,21 +102,42 @@ class ScanLog:
     it is read by people, whatever the simulated clock's speed). The summary goes out with the first scan line after
     the minute has passed, so a stack that scans nothing logs nothing."""
 
-    def __init__(self, logger, *, every_s: float = SUMMARY_EVERY_S, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, logger, *, name: str | None = None, every_s: float = SUMMARY_EVERY_S, now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = logger
+        self._name = name  # the logger's name: lines it would drop are not built (shared.logging.enabled)
         self._every = every_s
         self._now = now
         self._since = now()
         self._tally: dict[str, list[int]] = {}  # symbol -> [bot scans, signals, decisions, orders]
 
     def line(self, line: ScanLine) -> None:
-        (self._log.info if line.signals else self._log.debug)(line.text(), **line.fields())
-        scan_lines_total.labels(found="signal" if line.signals else "none").inc()
-        tally = self._tally.setdefault(line.symbol, [0, 0, 0, 0])
-        tally[0] += 1
-        tally[1] += line.signals
-        tally[2] += line.decisions
-        tally[3] += line.orders
+        self.lines((line,))
+
+    def lines(self, lines: Sequence[ScanLine]) -> None:
+        """Log and tally each line (whether the logger keeps info and debug lines asked once for them all)."""
+        if not lines:
+            return
+        info = self._name is None or log_enabled(self._name, logging.INFO)
+        debug = self._name is None or log_enabled(self._name, logging.DEBUG)
+        found = 0
+        for line in lines:
+            if line.signals:
+                found += 1
+                if info:
+                    self._log.info(line.text(), **line.fields())
+            elif debug:
+                self._log.debug(line.text(), **line.fields())
+            tally = self._tally.setdefault(line.symbol, [0, 0, 0, 0])
+            tally[0] += 1
+            tally[1] += line.signals
+            tally[2] += line.decisions
+            tally[3] += line.orders
+        if found:
+            scan_lines_total.labels(found="signal").inc(found)
+        if found < len(lines):
+            scan_lines_total.labels(found="none").inc(len(lines) - found)
         if self._now() - self._since >= self._every:
             self.flush()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -24,6 +25,7 @@ from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
 from shared.db.patience import NO_PATIENCE, Patience
+from shared.logging import enabled as log_enabled
 from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
@@ -45,7 +47,8 @@ from shared.rates import RatesClient, RatesUnavailable
 from shared.symbols import canonical_symbol, learn_spec
 from shared.timeutil import Clock
 
-log = get_logger("services.decision")
+log_name = "services.decision"
+log = get_logger(log_name)
 
 # How many (window, bot) scan lines to remember, so a redelivered ScanReport does not log its lines twice.
 LOGGED_LINES_KEPT = 10_000
@@ -117,7 +120,7 @@ class DecisionService:
         self.snapshots: dict[int, AccountSnapshot] = {}
         self.last_plan: ScanPlan | None = None
         self.alerts: alerts.AlertSink = alerts.NO_ALERTS  # people's notifications, sent off this path (alerts.py)
-        self._scan_log = ScanLog(log)  # info when a scan found a signal, debug otherwise, a summary a minute
+        self._scan_log = ScanLog(log, name=log_name)  # info when a scan found a signal, debug otherwise, a summary a minute
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -296,12 +299,11 @@ class DecisionService:
                 rows.extend(outcome.outbox)
         if rows:
             await self.outbox.kick(rows)  # every committed intent at once: one batch and its confirms per account
-        for group, outcomes in zip(by_account.values(), results, strict=True):
-            if isinstance(outcomes, BaseException):
-                continue
-            for signal, outcome in zip(group, outcomes, strict=True):
-                if not isinstance(outcome, InvalidMessage):
-                    await self._after(signal, outcome, kick=False)
+        self._after_scan([
+            (signal, outcome)
+            for group, outcomes in zip(by_account.values(), results, strict=True) if not isinstance(outcomes, BaseException)
+            for signal, outcome in zip(group, outcomes, strict=True) if not isinstance(outcome, InvalidMessage)
+        ])
         if failures:
             raise failures[0]
         if report is not None:
@@ -319,34 +321,63 @@ class DecisionService:
                 margin_free=None if snapshot is None else snapshot.margin_free,
             )
 
-    async def _after(self, signal: Signal, outcome: SignalOutcome, *, kick: bool = True) -> None:
-        """What follows a committed decision: its intent kicked (unless the caller kicks a batch), metrics, tally, log."""
-        key = str(signal.signal_id)
-        if not outcome.bot_found:
-            log.info("signal for an unknown bot ignored", signal_id=key, bot_id=signal.bot_id, strategy=signal.strategy)
-            return
-        if outcome.signal_new:
-            signals_ingested_total.labels(strategy=signal.strategy, symbol=canonical_symbol(signal.symbol)).inc()
-        decision = outcome.decision
-        self._tally(signal, outcome)
-        if kick and outcome.outbox:
+    async def _after(self, signal: Signal, outcome: SignalOutcome) -> None:
+        """What follows a committed decision: metrics, tally, its intent kicked, log."""
+        self._after_scan([(signal, outcome)], log_lines=False)
+        if outcome.outbox:
             # The intent's outbox row committed with the decision; the relay publishes it now (a crash before it does
-            # leaves the row, published at the next start). Before the log line and the metrics, not on the way.
+            # leaves the row, published at the next start). Before the log line, not on the way.
             await self.outbox.kick(outcome.outbox)
-        if outcome.decision_new:
-            log.info(
-                "decision",
-                decision_id=decision.id,
-                bot_id=decision.bot_id,
-                signal_id=key,
-                strategy=signal.strategy,
-                decision_action=decision.action,
-                reason=decision.reason,
-                client_order_id=decision.client_order_id,
-            )
-            decisions_total.labels(action=decision.action, strategy=signal.strategy).inc()
-            if decision.action == "ignore":
-                decision_ignored_total.labels(reason=decision.reason).inc()
+        self._log_decisions([(signal, outcome)])
+
+    def _after_scan(self, decided: Sequence[tuple[Signal, SignalOutcome]], *, log_lines: bool = True) -> None:
+        """Metrics, tallies and (unless told) log lines of committed decisions whose intents were kicked: each
+        metric's labels looked up once for the lot."""
+        ingested: dict[tuple[str, str], int] = {}
+        actions: dict[tuple[str, str], int] = {}
+        ignored: dict[str, int] = {}
+        for signal, outcome in decided:
+            if not outcome.bot_found:
+                continue
+            if outcome.signal_new:
+                key = (signal.strategy, canonical_symbol(signal.symbol))
+                ingested[key] = ingested.get(key, 0) + 1
+            self._tally(signal, outcome)
+            if outcome.decision_new:
+                decision = outcome.decision
+                key = (decision.action, signal.strategy)
+                actions[key] = actions.get(key, 0) + 1
+                if decision.action == "ignore":
+                    ignored[decision.reason] = ignored.get(decision.reason, 0) + 1
+        for (strategy, symbol), count in ingested.items():
+            signals_ingested_total.labels(strategy=strategy, symbol=symbol).inc(count)
+        for (action, strategy), count in actions.items():
+            decisions_total.labels(action=action, strategy=strategy).inc(count)
+        for reason, count in ignored.items():
+            decision_ignored_total.labels(reason=reason).inc(count)
+        if log_lines:
+            self._log_decisions(decided)
+
+    def _log_decisions(self, decided: Sequence[tuple[Signal, SignalOutcome]]) -> None:
+        """Their log lines, built only when the logger would keep them (asked once for the lot)."""
+        if not log_enabled(log_name, logging.INFO):
+            return
+        for signal, outcome in decided:
+            if not outcome.bot_found:
+                log.info("signal for an unknown bot ignored", signal_id=str(signal.signal_id), bot_id=signal.bot_id,
+                         strategy=signal.strategy)
+            elif outcome.decision_new:
+                decision = outcome.decision
+                log.info(
+                    "decision",
+                    decision_id=decision.id,
+                    bot_id=decision.bot_id,
+                    signal_id=str(signal.signal_id),
+                    strategy=signal.strategy,
+                    decision_action=decision.action,
+                    reason=decision.reason,
+                    client_order_id=decision.client_order_id,
+                )
 
     def _tally(self, signal: Signal, outcome: SignalOutcome) -> None:
         """Note a committed decision for the scan line of its window (the counts `scan_lines` would query)."""
@@ -399,14 +430,15 @@ class DecisionService:
             if attempts < self._settings.delivery_limit:
                 raise TransientError(f"scan report {report.window_id}: {len(undecided)} of its signals have no decision yet")
             log.warning("scan line logged with signals still undecided", window_id=str(report.window_id), undecided=undecided)
+        window = str(report.window_id)
+        fresh = []
         for line in lines:
-            key = (str(report.window_id), line.bot)
-            if key in self._logged:
-                continue
-            self._scan_log.line(line)
-            self._logged[key] = None
-            while len(self._logged) > LOGGED_LINES_KEPT:
-                self._logged.popitem(last=False)
+            if (window, line.bot) not in self._logged:
+                self._logged[(window, line.bot)] = None
+                fresh.append(line)
+        self._scan_log.lines(fresh)
+        while len(self._logged) > LOGGED_LINES_KEPT:
+            self._logged.popitem(last=False)
 
     async def handle_execution_report(self, report: ExecutionReport, delivery: Delivery | None = None) -> None:
         async with transaction(self._sessions) as session:

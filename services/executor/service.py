@@ -21,6 +21,7 @@ from services.executor.brokers.base import Broker
 from services.executor.commands import close_reason_for
 from services.executor.leadership import Leadership, SoleLeader
 from services.executor.rules import PositionRules
+from services.executor.starting import SessionStarts, Unstarted
 from services.executor.state import ExecutorState
 from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, Unroutable
@@ -93,6 +94,7 @@ class ExecutorService:
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self._led: set[int] = set()  # accounts whose paper book was restored and orders settled since this process leads
+        self._starts = SessionStarts(first=timedelta(seconds=settings.scan_interval_s))  # sessions that would not open
 
     @staticmethod
     def _brokers_of(broker: Broker | Mapping[int, Broker] | None, account_ids: list[int]) -> dict[int, Broker]:
@@ -126,8 +128,7 @@ class ExecutorService:
         ex = self.state
         if self._account_source is not None:
             await self._discover_accounts(start_consuming=False)
-        for live in _unique(ex.live.values()):
-            await live.start()  # MT5: opens the session; a live account without allow_live refuses to start here
+        await self._open_sessions(list(ex.account_ids))
         await self._observe_terminal_time()
         async with self._lock:
             await self._ensure_leading()
@@ -139,9 +140,10 @@ class ExecutorService:
                     self._log.warning("start-up reconciliation with the broker failed", account_id=account_id, error=repr(exc))
         await self._consume(ex.account_ids)
         self._tasks.append(asyncio.create_task(self._monitor_loop(), name=f"executor-monitor:{self._instance}"))
-        if self._account_source is not None:
+        if self._account_source is not None or self._starts:
             self._tasks.append(asyncio.create_task(self._discovery_loop(), name=f"executor-accounts:{self._instance}"))
-        self._log.info("executor started", accounts=ex.account_ids, paper=bool(ex.paper), leading=ex.leading)
+        self._log.info("executor started", accounts=ex.account_ids, paper=bool(ex.paper), leading=ex.leading,
+                       not_open=sorted(self._starts.waiting()))
 
     async def stop(self) -> None:
         """Stop gracefully (SIGTERM): the broker call in flight finishes and its outcome is recorded; no order is left
@@ -160,7 +162,7 @@ class ExecutorService:
             self._tasks.clear()
             if self.state.leading:
                 await orders.settle_without_sending(self.state)
-        for live in _unique(self.state.live.values()):
+        for live in _unique([*self.state.live.values(), *self._starts.brokers()]):
             try:
                 await live.aclose()
             except Exception as exc:  # noqa: BLE001  stopping anyway; the terminal drops a dead session itself
@@ -196,6 +198,9 @@ class ExecutorService:
             "closes_not_recorded": len(ex.pending_closes),
             "events_not_published": len(ex.outbox),
         }
+        if self._starts:
+            broker_ok = details["broker"] = False
+            details["sessions_not_open"] = self._starts.details()
         return broker_ok and db_ok, details
 
     # --- accounts and leadership -------------------------------------------------------------------------------
@@ -214,22 +219,80 @@ class ExecutorService:
             self._bars_consumer = await self._bus.consume(topology.executor_bars_queue(self._instance), self.handle_bars, prefetch=prefetch)
             self._consumers.append(self._bars_consumer)
 
-    async def _discover_accounts(self, *, start_consuming: bool = True) -> list[int]:
-        """Serve the accounts created or activated since the last look (at most one scan interval late)."""
-        assert self._account_source is not None
-        fresh = [a for a in await self._account_source.active_accounts() if a.id not in self.state.brokers]
-        if not fresh:
-            return []
-        added = {a.id: await self._account_source.broker_for(a) for a in fresh}
-        self.state.add_brokers(added)
-        if start_consuming:
-            for live in _unique(self.state.live[a] for a in added if a in self.state.live):
+    async def _open_sessions(self, account_ids: list[int]) -> list[int]:
+        """Open the terminal sessions of these accounts (MT5: a live account without allow_live refuses here) and return
+        the accounts served; an account whose session will not open is taken out of service and tried again later
+        (starting.py), so it stops neither the start nor the other accounts."""
+        ex = self.state
+        failed: list[int] = []
+        for live in _unique(ex.live[a] for a in account_ids if a in ex.live):
+            try:
                 await live.start()
-            async with self._lock:
-                await self._ensure_leading()
-            await self._consume(list(added))
-            self._log.info("executor serves new accounts", accounts=list(added))
-        return list(added)
+            except Exception as exc:  # noqa: BLE001  recorded, logged, retried; readiness names the account
+                accounts = ex.session_accounts[next(a for a in account_ids if ex.live.get(a) is live)]
+                self._session_failed(accounts, live, exc)
+                failed += accounts
+        if failed:
+            ex.remove_brokers(failed)
+            self._led.difference_update(failed)
+        served = [a for a in account_ids if a not in failed]
+        self._starts.started(served)
+        return served
+
+    def _session_failed(self, accounts: tuple[int, ...], broker: Broker | None, exc: BaseException) -> None:
+        entry = self._starts.failed(accounts, broker, exc, self._clock.now())
+        self._log.error("broker session failed to open", accounts=list(accounts), failures=entry.failures,
+                        retry_at=entry.retry_at.isoformat(), error=repr(exc))
+
+    async def _discover_accounts(self, *, start_consuming: bool = True) -> list[int]:
+        """Serve the accounts created or activated since the last look (at most one scan interval late), and try again
+        the sessions whose wait is over."""
+        retry = self._starts.due(self._clock.now())
+        added = await (self._fresh_brokers(retry) if self._account_source is not None else self._same_brokers(retry))
+        if not added:
+            return []
+        self.state.add_brokers(added)
+        served = list(added)
+        if start_consuming:
+            served = await self._open_sessions(served)
+            if served:
+                async with self._lock:
+                    await self._ensure_leading()
+                await self._consume(served)
+                self._log.info("executor serves new accounts", accounts=served)
+        return served
+
+    async def _fresh_brokers(self, retry: list[Unstarted]) -> dict[int, Broker]:
+        """A broker for each active account not served yet, built anew from its row (a retry sees fixed credentials);
+        an account deactivated while its session would not open is tried no more."""
+        assert self._account_source is not None
+        active = await self._account_source.active_accounts()
+        active_ids = {a.id for a in active}
+        retried = {a for e in retry for a in e.accounts}
+        unused = [e.broker for e in retry] + self._starts.forget((self._starts.waiting() | retried) - active_ids)
+        for broker in {id(b): b for b in unused if b is not None}.values():
+            await self._close_quietly(broker)
+        waiting = self._starts.waiting()
+        added: dict[int, Broker] = {}
+        for account in active:
+            if account.id in self.state.brokers or account.id in waiting:
+                continue
+            try:
+                added[account.id] = await self._account_source.broker_for(account)
+            except Exception as exc:  # noqa: BLE001  e.g. credentials that do not decrypt: retried like a failed start
+                self._session_failed((account.id,), None, exc)
+        return added
+
+    @staticmethod
+    async def _same_brokers(retry: list[Unstarted]) -> dict[int, Broker]:
+        """Without an account source the accounts are fixed: a retry reopens the same broker."""
+        return {a: e.broker for e in retry if e.broker is not None for a in e.accounts}
+
+    async def _close_quietly(self, broker: Broker) -> None:
+        try:
+            await broker.aclose()  # type: ignore[attr-defined]  only terminal brokers fail to open
+        except Exception as exc:  # noqa: BLE001  the session never opened; its thread is what is freed here
+            self._log.warning("closing a broker session failed", error=repr(exc))
 
     async def _discovery_loop(self) -> None:
         interval = timedelta(seconds=self._settings.scan_interval_s)

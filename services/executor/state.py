@@ -63,6 +63,17 @@ class ExecutorState:
             self.brokers[account_id] = b
             if isinstance(b, TerminalBroker):
                 self.live[account_id] = b
+        self._regroup()
+
+    def remove_brokers(self, account_ids) -> None:
+        """Serve these accounts no more (their session would not open)."""
+        for account_id in account_ids:
+            self.brokers.pop(account_id, None)
+            self.live.pop(account_id, None)
+        self.account_ids = [a for a in self.account_ids if a in self.brokers]
+        self._regroup()
+
+    def _regroup(self) -> None:
         groups: dict[int, tuple[Broker, list[int]]] = {}
         for account_id, b in self.brokers.items():
             groups.setdefault(id(b), (b, []))[1].append(account_id)

@@ -88,27 +88,50 @@ def same_signals(ours, evaluated) -> None:
             assert ok, (a.strategy, a.bar_time, key, got, value)
 
 
-@pytest.mark.parametrize("which", ["gold", "eurusd"])
+@pytest.mark.parametrize("which", ["gold", "eurusd", "gapped"])
 def test_prefilters_and_arrays_never_drop_or_change_a_signal(which, request):
     """With prefilters and arrays off every window is evaluated: the signals are the same (the prefilters only skip
-    bars; the arrays give evaluate's matches within 1e-9 and leave the rest to it)."""
-    path = request.getfixturevalue("gold_file" if which == "gold" else "eurusd_file")
-    bars = load_m1(path).bars
+    bars; the arrays give evaluate's matches within 1e-9 and leave the rest to it). Every engine's strategies, so
+    harami's 5-minute signals too (their bar_time is the 5-minute bar's); `gapped`: generated bars on a thin
+    market's clock (tests/backtest/test_over_history.py)."""
+    if which == "gapped":
+        from tests.backtest.test_over_history import gapped
+
+        bars, symbol = gapped(24_000), "XAUUSD"
+    else:
+        path = request.getfixturevalue("gold_file" if which == "gold" else "eurusd_file")
+        bars, symbol = load_m1(path).bars, "XAUUSD" if which == "gold" else "EURUSD"
     configs = [StrategyConfig(name=n) for n in catalog.names(None)]
-    kwargs = {"spec": get_spec("XAUUSD" if which == "gold" else "EURUSD"), "configs": configs, "start": 8_000, "end": 20_000}
+    kwargs = {"spec": get_spec(symbol), "configs": configs, "start": 8_000, "end": 20_000}
     filtered = scan_history(bars, prefilter=True, **kwargs)
     assert len(filtered) > 50
+    assert sum(s.strategy == "harami" for s in filtered) > 5
     same_signals(filtered, scan_history(bars, prefilter=False, **kwargs))
     same_signals(scan_history(bars, arrays=False, **kwargs), scan_history(bars, prefilter=False, **kwargs))
 
 
-@pytest.mark.parametrize("engine", ["harami"])
-def test_other_engines_when_present(gold_file, engine):
-    names = catalog.names(engine)
-    if not names:
-        pytest.skip(f"no {engine} strategy in the catalog yet")
-    bars = load_m1(gold_file).bars
+@pytest.mark.parametrize("which", ["gold", "eurusd", "generated"])
+def test_harami_engine_equals_the_live_path(which, request):
+    """The harami engine's signals (its array form, evaluate where the arrays leave a bar) against market data and
+    the strategy worker replaying the same bars: same 5-minute bar times, strategies, sides; prices and scores within
+    1e-9 relative."""
+    names = catalog.names("harami")
+    assert names, "the harami engine has a strategy"
+    if which == "generated":
+        from tests.backtest.test_over_history import generated
+
+        bars, symbol, start = generated(START + 8_010), "XAUUSD", START
+    else:
+        path = request.getfixturevalue("gold_file" if which == "gold" else "eurusd_file")
+        bars, symbol = load_m1(path).bars, "XAUUSD" if which == "gold" else "EURUSD"
+        start = START if which == "gold" else 20_000
     configs = [StrategyConfig(name=n) for n in names]
-    live = live_signals(bars, configs, START, START + 2000)
-    ours = scan_history(bars, spec=get_spec("XAUUSD"), configs=configs, start=START, end=START + 2000)
+    end = min(start + 8_000, len(bars))
+    live = live_signals(bars, configs, start, end, symbol)
+    ours = scan_history(bars, spec=get_spec(symbol), configs=configs, start=start, end=end)
+    assert len(live) > 5, "the slice must hold signals for the comparison to mean anything"
     assert [(int(s.bar_time.timestamp()), s.strategy, s.side) for s in live] == [(s.bar_time, s.strategy, s.side) for s in ours]
+    for a, b in zip(live, ours, strict=True):
+        assert close(a.entry, b.entry) and close(a.stop, b.stop) and close(a.target, b.target), (a, b)
+        assert close(a.score, b.score), (a.score, b.score)
+        assert a.timeframe == b.timeframe == "5m"

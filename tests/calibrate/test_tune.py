@@ -56,6 +56,8 @@ def test_tune_end_to_end_writes_params_bot_setup_loads(gold_file, tmp_path, monk
     assert doc["format"] == "scalper.tune" and len(doc["table"]) == 2 and doc["table"][-1]["holdout"]
     assert len(doc["history"]) + doc["invalid_trials"] == 4
     assert "in-sample" in run.output and "holdout" in run.output
+    assert ("no trial beat the defaults" in run.output) == (doc["best_trial"] == 0)
+    assert ("lose after costs" in run.output) == (doc["best_objective"] <= 0)
     validate_params("price_action_pinbar", doc["strategy_params"]["price_action_pinbar"])
     assert "Overfitting" in html.read_text() or doc["warning"] is None
 

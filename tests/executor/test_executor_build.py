@@ -55,10 +55,15 @@ async def test_an_account_created_while_running_is_served_within_one_scan_interv
             assert (await s.execute(select(Order))).scalars().all() == []  # not served yet: the intent waits in its queue
 
         clock.advance(timedelta(seconds=45))  # one scan interval later the executor has looked at the tables again
-        await eventually(lambda: second in executor.accounts, timeout=5)
-        await bus.idle()
-        reports = [e for e in await events_of(bus) if isinstance(e, ExecutionReport)]
-        assert [(r.account_id, r.status) for r in reports] == [(second, "filled")]
+        taken: list = []
+
+        async def reports():  # served once its queue is consumed, a moment after it is listed
+            await bus.idle()
+            taken.extend(await events_of(bus))  # taking drains the queue: keep what each look took
+            return [(r.account_id, r.status) for r in taken if isinstance(r, ExecutionReport)]
+
+        assert await eventually(reports, timeout=5, what="the waiting intent filled") == [(second, "filled")]
+        assert second in executor.accounts
 
         await bus.publish(command("close_all", account_id=second, bot_id=7, reason="kill_switch"),
                           exchange=topology.EXECUTION_COMMANDS, routing_key=str(second))

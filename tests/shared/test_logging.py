@@ -40,3 +40,21 @@ def test_json_mode_carries_every_field(restore_logging, capsys):
     assert record["event"] == LINE
     assert {k: record[k] for k in FIELDS} == FIELDS
     assert record["extra_field"] == "kept"
+
+
+def test_enabled_says_whether_a_line_would_get_past_the_level_filter(restore_logging):
+    """A hot path skips building lines the logger would drop, and only those: below the level with configure_logging's
+    processors; every line where the processors keep them all (capture_logs)."""
+    from structlog.testing import capture_logs
+
+    from shared.logging import enabled
+
+    configure_logging("text", "WARNING")
+    assert not enabled("test.enabled", logging.INFO)
+    assert enabled("test.enabled", logging.WARNING)
+    with capture_logs() as logs:
+        assert enabled("test.enabled", logging.DEBUG)
+        get_logger("test.enabled").debug("kept")
+    assert [line["event"] for line in logs] == ["kept"]
+    configure_logging("text", "DEBUG")
+    assert enabled("test.enabled", logging.DEBUG)

@@ -28,8 +28,9 @@ __all__ = ["ROUNDING", "SCORE_REL", "HistorySignals", "OverHistory", "for_strate
 def for_strategy(strategy: Any, params: Any = None) -> OverHistory | None:
     """The array form of a catalog strategy for these parameters, when it has one: keyed by its `evaluate`, so a
     strategy whose evaluate is another function (a test's, a fork's) never gets arrays that are not its own."""
-    from shared.strategies import doji_breakout, pinbar, trend_pullback
+    from shared.strategies import doji_breakout, harami, pinbar, trend_pullback
     from shared.strategies.over_history import doji_breakout as doji_over
+    from shared.strategies.over_history import harami as harami_over
     from shared.strategies.over_history import pinbar as pinbar_over
     from shared.strategies.over_history import trend_pullback as trend_over
 
@@ -40,4 +41,6 @@ def for_strategy(strategy: Any, params: Any = None) -> OverHistory | None:
         return pinbar_over.over_history
     if evaluate is doji_breakout.evaluate and doji_over.covers(params):
         return doji_over.over_history
+    if evaluate is harami.evaluate:
+        return harami_over.over_history
     return None

@@ -34,6 +34,7 @@ class HistorySignals:
     features: list[dict[str, Any]]
     unsure: np.ndarray  # int64: bars only `evaluate` can judge
     proved_none: int = 0  # bars proved not to match (counted for the scan's stats)
+    bar_time: np.ndarray | None = None  # int64 per match: the judged bar's open time when not bar `index`'s (harami's 5m bar)
 
 
 OverHistory = Callable[..., HistorySignals]
