@@ -1,8 +1,9 @@
 """`load_m1`: an M1 file of any supported format -> UTC `Bars` and the validation report.
 
-The rows are read by pandas' C parser in chunks (pandas is imported here, lazily, only when a file is read); a numpy
-pass over the raw bytes first finds each line's length and field count, so a wrong row or an over-long line is named
-by its line number without pandas ever holding it."""
+A sound file's rows are read by pyarrow's CSV reader (`rows.read_rows_arrow`, after a scan of its line ends); any
+other's by pandas' C parser in chunks, after a numpy pass over the raw bytes that finds each line's length and field
+count, so a wrong row or an over-long line is named by its line number without the parser ever holding it. Both
+parsers are imported lazily, only when a file is read."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from shared.bars import Bars
 from shared.loaders.clock import INFER_MIN_CONFIDENCE, _server_rule, infer_clock, rule_flag, same_reading, wall_to_utc
 from shared.loaders.layout import HISTDATA_UTC_OFFSET_HOURS, WHITESPACE, Layout, _split, detect_layout
 from shared.loaders.report import LoadResult, UnknownFormat, validate_bars
-from shared.loaders.rows import read_rows
+from shared.loaders.rows import read_rows, read_rows_arrow
 from shared.loaders.text import _SNIFF_BYTES, MAX_LINE_BYTES, _line_text, _readable, _scan_lines
 from shared.loaders.times import TimeShape, time_shape
 
@@ -48,8 +49,12 @@ def load_m1(
         layout = detect_layout(head_lines[first_at])
         data_at = first_at + 1 if layout.header else first_at
         shape = _shape_from(layout, head_lines[data_at:])
-        line_numbers, skip, rejected = _classify_lines(source, encoding, layout, data_at)
-        parts = read_rows(source, encoding, layout, shape, skip=skip, expected=len(line_numbers))
+        fast = read_rows_arrow(source, encoding, layout, shape, data_at)
+        if fast is not None:
+            (line_numbers, parts), rejected = fast, []
+        else:
+            line_numbers, skip, rejected = _classify_lines(source, encoding, layout, data_at)
+            parts = read_rows(source, encoding, layout, shape, skip=skip, expected=len(line_numbers))
 
     rows_count = len(line_numbers)
     wall, stated_utc, bad, values = parts.wall, parts.stated, parts.bad, parts.values

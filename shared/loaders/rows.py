@@ -1,5 +1,11 @@
-"""The good lines through pandas' C parser, chunk by chunk, into preallocated columns: times parsed with the file's
-exact format, numbers as float64, and the reason for every field that is neither."""
+"""The rows through a C parser, batch by batch, into preallocated columns: times parsed with the file's exact format,
+numbers as float64, and the reason for every field that is neither.
+
+Two readers. `read_rows_arrow` is the fast path: pyarrow's CSV reader (multithreaded, numbers straight to float64)
+on a file whose every data line is sound: no line blank or too long, no quote, the field count the parser's to
+check, every number one both parsers read alike, every time in canonical fixed-width form (read from the bytes by
+numpy). It returns None at the first thing it does not vouch for, and `read_rows` (pandas' C parser on the lines the
+full byte scan keeps, by chunks) reads the file as before: every refusal, reason and count stays that reader's."""
 
 from __future__ import annotations
 
@@ -10,8 +16,12 @@ import numpy as np
 
 from shared.loaders.layout import WHITESPACE, Layout
 from shared.loaders.report import UnknownFormat
-from shared.loaders.times import TimeShape, _day_month_order, _epoch_seconds, _parse_formats
+from shared.loaders.text import MAX_LINE_BYTES, _line_ends
+from shared.loaders.times import (
+    FixedFormat, TimeShape, _day_month_order, _epoch_seconds, _parse_formats, fixed_epochs, fixed_format,
+)
 
+ARROW_BLOCK_BYTES = 1 << 20  # pyarrow's batch: ~16,000 M1 rows, so memory stays that of the output columns
 CHUNK_ROWS = 200_000  # rows per pandas chunk: memory stays bounded on files of any length
 NA = ["nan", "NaN", "NAN", "-nan", "-NaN"]  # read as NaN (the price check names them); any other text is a bad number
 NUMBER_COLUMNS = ("open", "high", "low", "close", "tick_volume", "spread")
@@ -119,3 +129,137 @@ def read_rows(source: Path, encoding: str, layout: Layout, shape: TimeShape | No
         problems[int(i)] = f"bad time {time_text[int(i)]!r}"
     values["spread"] = values["spread"].astype(np.int64)
     return Rows(wall, bool(shape and shape.stated), bad_time | bad_number, problems, values, note)
+
+
+def _time_plans(layout: Layout, shape: TimeShape | None) -> list[list[FixedFormat]] | None:
+    """For each date order, the fixed-width byte layout of each time column (one, or date and time of day), or None
+    when the shape is no fixed-width one (epochs, a stated offset, fractions): then pandas reads the times."""
+    if shape is None or shape.stated or shape.name.startswith("epoch"):
+        return None
+    plans = []
+    for formats in shape.orders:
+        fmt = formats[0]
+        parts = [fmt] if "datetime" in layout.columns else fmt.split(" ", 1)
+        fixed = [fixed_format(p) for p in parts]
+        if len(parts) != len(layout.columns.keys() & {"datetime", "date", "time_of_day"}) or None in fixed:
+            return None
+        plans.append(fixed)
+    return plans
+
+
+def _fixed_matrix(array, width: int) -> np.ndarray | None:
+    """A pyarrow string array as a (rows, width) uint8 matrix over its own buffer, or None unless every string has
+    `width` bytes."""
+    n = len(array)
+    offsets = np.frombuffer(array.buffers()[1], np.int32, count=n + 1, offset=array.offset * 4)
+    if n == 0 or array.null_count or int(offsets[-1] - offsets[0]) != n * width or not (np.diff(offsets) == width).all():
+        return None if n else np.zeros((0, width), np.uint8)
+    data = np.frombuffer(array.buffers()[2], np.uint8)
+    return data[offsets[0]:offsets[-1]].reshape(n, width)
+
+
+def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, data_at: int) -> tuple[np.ndarray, Rows] | None:
+    """(the line number of each row, the rows) of every line from index `data_at` on, by pyarrow's CSV reader, or
+    None when the file is not one this path vouches for (the module header): `read_rows` then reads it."""
+    plans = _time_plans(layout, shape)
+    if plans is None or layout.delimiter == WHITESPACE or encoding not in ("utf-8", "utf-8-sig"):
+        return None
+    ends, size, quoted = _line_ends(source)
+    if quoted:
+        return None  # a quoted field may hold the separator: the byte scan's field counts and the parser's would differ
+    starts = np.concatenate(([0], ends + 1))
+    if len(ends) and int(ends[-1]) == size - 1:
+        starts = starts[:-1]  # the file ends with a line feed: no line after it
+    else:
+        ends = np.append(ends, size)
+    raw = (ends - starts)[data_at:]  # bytes of each data line, its CR included
+    if len(raw) == 0 or int(raw.min()) <= 1 or int(raw.max()) > MAX_LINE_BYTES:
+        return None  # a blank or over-long line: the full scan counts it by its number
+    expected = len(raw)
+    begin = int(starts[data_at])
+    with open(source, "rb") as f:
+        if begin == 0 and f.read(3) == b"\xef\xbb\xbf":
+            begin = 3
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [f"c{i}" for i in range(layout.width)]
+    time_cols = [layout.columns[k] for k in ("datetime", "date", "time_of_day") if k in layout.columns]
+    number_cols = {k: layout.columns[k] for k in NUMBER_COLUMNS if k in layout.columns}
+    types = {names[i]: pa.string() for i in time_cols} | {names[i]: pa.float64() for i in number_cols.values()}
+    n_orders = len(plans)
+    walls = [np.zeros(expected, np.int64) for _ in range(n_orders)]
+    invalid = [np.zeros(expected, bool) for _ in range(n_orders)]
+    values = {k: np.zeros(expected, np.float64) for k in NUMBER_COLUMNS}
+    odd: dict[int, str] = {}  # row -> its time text, for the rows in canonical form that name no real time
+    offset = 0
+    stream = pa.OSFile(str(source))
+    try:
+        stream.seek(begin)
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=names, block_size=ARROW_BLOCK_BYTES, use_threads=True),
+            parse_options=pacsv.ParseOptions(delimiter=layout.delimiter, quote_char=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types), null_values=NA,
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+        for batch in reader:
+            n = batch.num_rows
+            if offset + n > expected:
+                return None
+            here = slice(offset, offset + n)
+            matrices = []
+            for i, fixed in zip(time_cols, plans[0], strict=True):
+                m = _fixed_matrix(batch.column(names[i]), fixed.width)
+                if m is None:
+                    return None
+                matrices.append(m)
+            for k, plan in enumerate(plans):
+                parsed = fixed_epochs(matrices, plan)
+                if parsed is None:
+                    return None
+                walls[k][here], invalid[k][here] = parsed
+                for j in np.flatnonzero(parsed[1]):
+                    odd.setdefault(offset + int(j), " ".join(bytes(m[j]).decode("ascii") for m in matrices))
+            for column, at in number_cols.items():
+                array = batch.column(names[at])
+                if array.null_count:  # `nan` and its kin, read as null: NaN, as pandas reads them
+                    import pyarrow.compute as pc
+
+                    array = pc.fill_null(array, np.nan)
+                # The values' own buffer (Array.to_numpy would import pandas, which the backtester's start does without).
+                v = np.frombuffer(array.buffers()[1], np.float64, count=n, offset=array.offset * 8)
+                nulls = batch.column(names[at]).null_count
+                # A NaN that is no null came from text pandas calls no number (`nAn`, `nan(1)`); a volume must be finite.
+                if int(np.count_nonzero(np.isnan(v))) != nulls or (
+                        column in ("tick_volume", "spread") and (nulls or not np.isfinite(v).all())):
+                    return None
+                values[column][here] = v
+            offset += n
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        return None  # a row the parser refuses (its field count, a number, its encoding): the slow path names it
+    finally:
+        stream.close()
+    if offset != expected:
+        return None
+
+    problems: dict[int, str] = {}
+    if odd:
+        # Canonical strings that name no real time (month 13 read month first, February 30): pandas' verdict on each.
+        import pandas as pd
+
+        rows = np.array(sorted(odd), np.int64)
+        texts = pd.Series([odd[int(i)] for i in rows], dtype=object)
+        for k in range(n_orders):
+            w, b = _parse(pd, texts, shape, k)
+            walls[k][rows], invalid[k][rows] = w, b
+    pick, note = 0, None
+    if n_orders == 2:
+        pick, note = _day_month_order(list(zip(walls, invalid, strict=True)), shape)
+    wall, bad_time = walls[pick], invalid[pick]
+    for i in np.flatnonzero(bad_time):
+        problems[int(i)] = f"bad time {odd[int(i)]!r}"
+    values["spread"] = values["spread"].astype(np.int64)
+    rows_ = Rows(wall, False, bad_time, problems, values, note)
+    return np.arange(data_at + 1, data_at + 1 + expected), rows_

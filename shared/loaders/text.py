@@ -168,6 +168,18 @@ def _scan_lines(path: Path, delimiter: str) -> _Lines:
     return _Lines(starts, lengths, fields)
 
 
+def _line_ends(path: Path) -> tuple[np.ndarray, int, bool]:
+    """(the byte offset of every line feed, the file's size, whether it holds a `"`): the fast path's scan, a tenth
+    of `_scan_lines`' cost, enough to tell that no line is blank or too long (the field counts are the parser's to check)."""
+    parts, pos, quoted = [], 0, False
+    with open(path, "rb") as f:
+        while block := f.read(_SCAN_BYTES):
+            parts.append(np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + pos)
+            quoted = quoted or b'"' in block
+            pos += len(block)
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), pos, quoted
+
+
 def _line_text(path: Path, lines: _Lines, i: int, encoding: str) -> str:
     with open(path, "rb") as f:
         f.seek(int(lines.starts[i]))
