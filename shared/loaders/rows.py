@@ -16,7 +16,7 @@ import numpy as np
 
 from shared.loaders.layout import WHITESPACE, Layout
 from shared.loaders.report import UnknownFormat
-from shared.loaders.text import MAX_LINE_BYTES, _line_ends
+from shared.loaders.text import _SNIFF_BYTES, _soundness
 from shared.loaders.times import (
     FixedFormat, TimeShape, _day_month_order, _epoch_seconds, _parse_formats, fixed_epochs, fixed_format,
 )
@@ -164,22 +164,19 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
     plans = _time_plans(layout, shape)
     if plans is None or layout.delimiter == WHITESPACE or encoding not in ("utf-8", "utf-8-sig"):
         return None
-    ends, size, quoted = _line_ends(source)
-    if quoted:
-        return None  # a quoted field may hold the separator: the byte scan's field counts and the parser's would differ
-    starts = np.concatenate(([0], ends + 1))
-    if len(ends) and int(ends[-1]) == size - 1:
-        starts = starts[:-1]  # the file ends with a line feed: no line after it
-    else:
-        ends = np.append(ends, size)
-    raw = (ends - starts)[data_at:]  # bytes of each data line, its CR included
-    if len(raw) == 0 or int(raw.min()) <= 1 or int(raw.max()) > MAX_LINE_BYTES:
-        return None  # a blank or over-long line: the full scan counts it by its number
-    expected = len(raw)
-    begin = int(starts[data_at])
-    with open(source, "rb") as f:
-        if begin == 0 and f.read(3) == b"\xef\xbb\xbf":
-            begin = 3
+    with open(source, "rb") as f:  # the offset of line `data_at`: the lines before it are in the sniffed head
+        head = f.read(_SNIFF_BYTES)
+    begin = 0
+    for _ in range(data_at):
+        begin = head.find(b"\n", begin) + 1
+        if begin == 0:
+            return None
+    if begin == 0 and head.startswith(b"\xef\xbb\xbf"):
+        begin = 3
+    scan = _soundness(source, begin)
+    if not scan.sound or scan.lines == 0:
+        return None  # a quote, a lone CR or a line that may be too long: the full scan counts each by its line number
+    expected = scan.lines
 
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -231,9 +228,10 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
                 # The values' own buffer (Array.to_numpy would import pandas, which the backtester's start does without).
                 v = np.frombuffer(array.buffers()[1], np.float64, count=n, offset=array.offset * 8)
                 nulls = batch.column(names[at]).null_count
-                # A NaN that is no null came from text pandas calls no number (`nAn`, `nan(1)`); a volume must be finite.
-                if int(np.count_nonzero(np.isnan(v))) != nulls or (
-                        column in ("tick_volume", "spread") and (nulls or not np.isfinite(v).all())):
+                # A NaN that is no null came from text pandas calls no number (`nAn`, `nan(1)`); a volume must be
+                # finite. Without the letters of `nan` and `inf` in the file, every number is finite.
+                if scan.letters and (int(np.count_nonzero(np.isnan(v))) != nulls or (
+                        column in ("tick_volume", "spread") and (nulls or not np.isfinite(v).all()))):
                     return None
                 values[column][here] = v
             offset += n
