@@ -55,12 +55,12 @@ def check_bars(bars: Bars, *, max_atr: float, digits: int | None = None, previou
         bars, repaired_mask = round_prices(bars, digits)
     ok, rejected = _basic(bars, previous_time)
     if math.isfinite(max_atr) and ok.any():
-        every = bool(ok.all())  # the usual case: no copies of the columns
-        kept = np.arange(len(ok)) if every else np.flatnonzero(ok)
+        every = bool(ok.all())  # the usual case: no copies of the columns, no index array
+        kept = None if every else np.flatnonzero(ok)
         pick = (lambda x: x) if every else (lambda x: x[kept])
         outlier = _outliers(pick(bars.high), pick(bars.low), pick(bars.close), pick(bars.time), max_atr)
         for j, reason in outlier:
-            i = int(kept[j])
+            i = j if every else int(kept[j])
             ok[i] = False
             rejected.append((i, reason))
         rejected.sort()

@@ -66,11 +66,13 @@ def load_m1(
     # Filler bars (a closed market padded with flat zero-volume bars) can only be told when the file has volumes.
     has_volume = "tick_volume" in layout.columns and bool(np.any((vol != 0) & ~bad))
     filler = (o == h) & (h == lo) & (lo == c) & (vol == 0) & ~bad if has_volume else np.zeros(rows_count, bool)
-    keep_idx = np.flatnonzero(~bad & ~filler)
+    dropped = bad | filler
+    every = not dropped.any()  # the usual case: no index array, no copies of the columns
+    keep_idx = None if every else np.flatnonzero(~dropped)
     dropped_flat = int(filler.sum())
 
     def kept(column: np.ndarray) -> np.ndarray:
-        return column if len(keep_idx) == rows_count else column[keep_idx]  # no copy when every row is kept
+        return column if every else column[keep_idx]
 
     wall_kept = kept(wall)
 
@@ -86,12 +88,14 @@ def load_m1(
     else:
         rule, confidence, clock_hint, source = _clock_rule(rule, wall_kept, warnings)
 
-    times = wall_kept if stated else wall_to_utc(rule, wall_kept)
+    # The columns are this function's own (read above, or copies of them): converted in place.
+    times = wall_kept if stated else wall_to_utc(rule, wall_kept, in_place=True)
+    volume = kept(vol)
     bars = Bars.from_columns(time=times, open=kept(o), high=kept(h), low=kept(lo), close=kept(c),
-                             tick_volume=np.rint(kept(vol)).astype(np.int64), spread=kept(values["spread"]))
-    del parts, values, vol, wall, wall_kept, filler, bad  # the columns live on in `bars`; the rest is freed before the check
+                             tick_volume=np.rint(volume, out=volume).astype(np.int64), spread=kept(values["spread"]))
+    del parts, values, vol, volume, wall, wall_kept, filler, bad, dropped  # the columns live on in `bars`; the rest is freed before the check
     bars, bad_bars = validate_bars(bars)
-    rejected.extend((int(line_numbers[keep_idx[i]]), reason) for i, reason in bad_bars)
+    rejected.extend((int(line_numbers[i if every else keep_idx[i]]), reason) for i, reason in bad_bars)
     rejected.sort()
     if rejected:
         warnings.append(f"{len(rejected)} rows rejected (first at line {rejected[0][0]}: {rejected[0][1]})")

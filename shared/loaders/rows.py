@@ -188,7 +188,7 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
     n_orders = len(plans)
     walls = [np.zeros(expected, np.int64) for _ in range(n_orders)]
     invalid = [np.zeros(expected, bool) for _ in range(n_orders)]
-    values = {k: np.zeros(expected, np.float64) for k in NUMBER_COLUMNS}
+    values = {k: np.zeros(expected, np.int64 if k == "spread" else np.float64) for k in NUMBER_COLUMNS}
     odd: dict[int, str] = {}  # row -> its time text, for the rows in canonical form that name no real time
     offset = 0
     stream = pa.OSFile(str(source))
@@ -233,7 +233,7 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
                 if scan.letters and (int(np.count_nonzero(np.isnan(v))) != nulls or (
                         column in ("tick_volume", "spread") and (nulls or not np.isfinite(v).all()))):
                     return None
-                values[column][here] = v
+                values[column][here] = v  # spread: truncated to int64, as `read_rows` does it
             offset += n
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None  # a row the parser refuses (its field count, a number, its encoding): the slow path names it
@@ -258,6 +258,20 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
     wall, bad_time = walls[pick], invalid[pick]
     for i in np.flatnonzero(bad_time):
         problems[int(i)] = f"bad time {odd[int(i)]!r}"
-    values["spread"] = values["spread"].astype(np.int64)
-    rows_ = Rows(wall, False, bad_time, problems, values, note)
-    return np.arange(data_at + 1, data_at + 1 + expected), rows_
+    return LineNumbers(data_at + 1, expected), Rows(wall, False, bad_time, problems, values, note)
+
+
+@dataclass(frozen=True, slots=True)
+class LineNumbers:
+    """The line numbers of rows read from consecutive lines: row i is line `first + i` (no array of millions)."""
+
+    first: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.first + int(i)
