@@ -158,6 +158,71 @@ def _fixed_matrix(array, width: int) -> np.ndarray | None:
     return data[offsets[0]:offsets[-1]].reshape(n, width)
 
 
+def small_pages(n: int, dtype) -> np.ndarray:
+    """A zeroed array on the kernel's ordinary 4 KB pages. numpy asks for huge pages on any array of 4 MB or more
+    (madvise); where the kernel then compacts memory to find them (transparent_hugepage/defrag = madvise, the usual
+    default), the first touch of a column of millions costs several times a plain page fault: these columns are
+    written once, batch by batch, and gain nothing from huge pages. An anonymous mapping is zero-filled by the kernel."""
+    import mmap
+
+    size = n * np.dtype(dtype).itemsize
+    if size < 1 << 22:
+        return np.zeros(n, dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype, count=n)
+
+
+class _Ahead:
+    """The reader's batches, parsed by a thread of their own one or two ahead of the one this thread converts: pyarrow
+    parses without the GIL, so the parse of a batch and the numpy work on the one before share the cores."""
+
+    DEPTH = 2
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._threading = threading
+
+    def start(self, reader) -> None:
+        self._thread = self._threading.Thread(target=self._produce, args=(reader,), name="m1-csv", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, reader) -> None:
+        try:
+            for batch in reader:
+                if not self._put(batch):
+                    return
+            self._put(None)
+        except BaseException as error:  # handed to the consumer, which raises it as its own
+            self._put(error)
+
+    def __iter__(self):
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Stop the producer (it may be blocked on a full queue when the consumer gave up early) and wait for it."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, data_at: int) -> tuple[np.ndarray, Rows] | None:
     """(the line number of each row, the rows) of every line from index `data_at` on, by pyarrow's CSV reader, or
     None when the file is not one this path vouches for (the module header): `read_rows` then reads it."""
@@ -184,24 +249,30 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
     names = [f"c{i}" for i in range(layout.width)]
     time_cols = [layout.columns[k] for k in ("datetime", "date", "time_of_day") if k in layout.columns]
     number_cols = {k: layout.columns[k] for k in NUMBER_COLUMNS if k in layout.columns}
-    types = {names[i]: pa.string() for i in time_cols} | {names[i]: pa.float64() for i in number_cols.values()}
+    # Volumes as integers (the parse is cheaper; a volume with a decimal point makes the parser refuse the file and
+    # the pandas path read it), prices as float64.
+    types = {names[i]: pa.string() for i in time_cols} | {
+        names[at]: pa.int64() if column in ("tick_volume", "spread") else pa.float64() for column, at in number_cols.items()}
     n_orders = len(plans)
-    walls = [np.zeros(expected, np.int64) for _ in range(n_orders)]
+    walls = [small_pages(expected, np.int64) for _ in range(n_orders)]
     invalid = [np.zeros(expected, bool) for _ in range(n_orders)]
-    values = {k: np.zeros(expected, np.int64 if k == "spread" else np.float64) for k in NUMBER_COLUMNS}
+    values = {k: small_pages(expected, np.int64 if k == "spread" else np.float64) for k in NUMBER_COLUMNS}
     odd: dict[int, str] = {}  # row -> its time text, for the rows in canonical form that name no real time
     offset = 0
     stream = pa.OSFile(str(source))
+    batches = _Ahead()
     try:
         stream.seek(begin)
         reader = pacsv.open_csv(
             stream,
-            read_options=pacsv.ReadOptions(column_names=names, block_size=ARROW_BLOCK_BYTES, use_threads=True),
+            # One parsing thread (`_Ahead`'s): pyarrow's own pool costs more than it gains on a batch of 1 MB.
+            read_options=pacsv.ReadOptions(column_names=names, block_size=ARROW_BLOCK_BYTES, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=layout.delimiter, quote_char=False, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types), null_values=NA,
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
         )
-        for batch in reader:
+        batches.start(reader)
+        for batch in batches:
             n = batch.num_rows
             if offset + n > expected:
                 return None
@@ -221,23 +292,29 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
                     odd.setdefault(offset + int(j), " ".join(bytes(m[j]).decode("ascii") for m in matrices))
             for column, at in number_cols.items():
                 array = batch.column(names[at])
-                if array.null_count:  # `nan` and its kin, read as null: NaN, as pandas reads them
-                    import pyarrow.compute as pc
-
-                    array = pc.fill_null(array, np.nan)
+                nulls = array.null_count
                 # The values' own buffer (Array.to_numpy would import pandas, which the backtester's start does without).
-                v = np.frombuffer(array.buffers()[1], np.float64, count=n, offset=array.offset * 8)
-                nulls = batch.column(names[at]).null_count
-                # A NaN that is no null came from text pandas calls no number (`nAn`, `nan(1)`); a volume must be
-                # finite. Without the letters of `nan` and `inf` in the file, every number is finite.
-                if scan.letters and (int(np.count_nonzero(np.isnan(v))) != nulls or (
-                        column in ("tick_volume", "spread") and (nulls or not np.isfinite(v).all()))):
-                    return None
-                values[column][here] = v  # spread: truncated to int64, as `read_rows` does it
+                if column in ("tick_volume", "spread"):
+                    v = np.frombuffer(array.buffers()[1], np.int64, count=n, offset=array.offset * 8)
+                    # A null volume (`nan`) is a bad one; beyond 2**53 pandas' float64 would round it.
+                    if nulls or (n and int(np.abs(v).max()) >= 1 << 53):
+                        return None
+                else:
+                    if nulls:  # `nan` and its kin, read as null: NaN, as pandas reads them
+                        import pyarrow.compute as pc
+
+                        array = pc.fill_null(array, np.nan)
+                    v = np.frombuffer(array.buffers()[1], np.float64, count=n, offset=array.offset * 8)
+                    # A NaN that is no null came from text pandas calls no number (`nAn`, `nan(1)`). Without the
+                    # letters of `nan` and `inf` in the file, every price is finite.
+                    if scan.letters and int(np.count_nonzero(np.isnan(v))) != nulls:
+                        return None
+                values[column][here] = v  # tick_volume as float64, spread as int64: what `read_rows` gives
             offset += n
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None  # a row the parser refuses (its field count, a number, its encoding): the slow path names it
     finally:
+        batches.stop()
         stream.close()
     if offset != expected:
         return None

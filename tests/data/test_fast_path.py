@@ -3,6 +3,8 @@ rejected rows and reasons, warnings and clock; and which files it takes, so that
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,6 +88,8 @@ CORRUPTIONS = {
     "long_line": (lambda line: "9" * (MAX_LINE_BYTES + 1), False, True),
     "quoted_field": (lambda line: _field(line, 1, '"' + line.split(",")[1] + '"'), False, False),
     "backwards_time": (None, True, True),
+    "decimal_volume": (lambda line: _field(line, 5, "611.0"), False, False),
+    "huge_spread": (lambda line: _field(line, 6, str(2 ** 60)), False, False),
 }
 
 
@@ -107,6 +111,24 @@ def test_corrupted_rows_are_refused_alike(tmp_path, monkeypatch, gold, corruptio
     assert taken == fast_ok
     assert_same_load(fast, slow)
     assert (len(fast.rejected) == 3) == refused, fast.rejected
+
+
+@pytest.mark.parametrize(("at", "change", "reason"), [
+    (-100, lambda line: _field(line, 2, "x"), "bad high 'x'"),  # the parser refuses it, in the reading thread
+    (20, lambda line: line[:10] + "T" + line[11:], "bad time"),  # this thread gives up, the reader blocked ahead
+])
+def test_a_refusal_after_batches_were_read_ahead_stops_the_reader(tmp_path, monkeypatch, gold_file, at, change, reason):
+    """The whole gold file (several batches) with one bad row: the fast path gives up mid-file, its reading thread
+    stops, and the pandas path reads the file."""
+    lines = gold_file.read_text().split("\n")
+    lines[at] = change(lines[at])
+    path = tmp_path / "one_bad.csv"
+    path.write_text("\n".join(lines))
+    fast, taken, slow = _both(monkeypatch, path)
+    assert not taken
+    assert_same_load(fast, slow)
+    assert len(fast.rejected) == 1 and fast.rejected[0][1].startswith(reason)
+    assert not [t for t in threading.enumerate() if t.name == "m1-csv"]
 
 
 def test_the_day_month_order_and_impossible_dates_alike(tmp_path, monkeypatch, gold):
