@@ -204,7 +204,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pair[(ones + 48) * 256 + tens + 48] = np.arange(100)  # the first byte (tens) is the low one
         months = np.arange(np.datetime64(f"{_YEARS[0]}-01", "M"), np.datetime64(f"{_YEARS[1] + 1}-02", "M"))
         first = months.astype("datetime64[D]").astype(np.int64)
-        _TABLES = pair, first[:-1], np.diff(first)
+        _TABLES = pair, first[:-1], np.diff(first).astype(np.uint8)
     return _TABLES
 
 
@@ -218,24 +218,25 @@ def fixed_epochs(matrices: list[np.ndarray], formats: list[FixedFormat]) -> tupl
         if len(fmt.literal_at) and not (matrix[:, fmt.literal_at] == fmt.literals).all():
             return None
         for d, groups in fmt.pairs.items():
-            value = None
-            for g in groups:
-                two = pair[matrix[:, g:g + 2].view("<u2")[:, 0]]
-                if int(two.max(initial=0)) == _NOT_DIGITS:
-                    return None
-                value = two.astype(np.int64) if value is None else value * 100 + two
-            got[d] = value
-    one = np.ones(n, np.int64)
-    year, month, day = got.get("Y", one * 1900), got.get("m", one), got.get("d", one)
-    zero = np.zeros(n, np.int64)
+            parts = [pair[matrix[:, g:g + 2].view("<u2")[:, 0]] for g in groups]  # uint8 values 0-99
+            if any(int(p.max(initial=0)) == _NOT_DIGITS for p in parts):
+                return None
+            got[d] = parts[0] if len(parts) == 1 else parts[0].astype(np.int32) * 100 + parts[1]
+    # Narrow types while checking (a month or an hour is one byte), int64 only for the epochs themselves.
+    year = got["Y"] if "Y" in got else np.full(n, 1900, np.int32)
+    month = got["m"] if "m" in got else np.ones(n, np.uint8)
+    day = got["d"] if "d" in got else np.ones(n, np.uint8)
+    zero = np.zeros(n, np.uint8)
     hour, minute, second = got.get("H", zero), got.get("M", zero), got.get("S", zero)
-    at = (year - _YEARS[0]) * 12 + month - 1
-    invalid = (year < _YEARS[0]) | (year > _YEARS[1]) | (month < 1) | (month > 12) | (day < 1) | (hour > 23)
+    invalid = (year < _YEARS[0]) | (year > _YEARS[1]) | (month - np.uint8(1) > 11) | (day == 0) | (hour > 23)
     invalid |= (minute > 59) | (second > 59)
+    at = (year - _YEARS[0]) * 12 + month.astype(np.int32) - 1
     at[invalid] = 0
     invalid |= day > days_in[at]
-    epochs = first[at] + day - 1
+    epochs = first[at]
+    epochs += day
+    epochs -= 1
     epochs *= 86_400
-    epochs += hour * 3600 + minute * 60 + second
+    epochs += hour.astype(np.int32) * 3600 + minute.astype(np.int32) * 60 + second
     epochs[invalid] = 0
     return epochs, invalid
