@@ -1,11 +1,12 @@
 """The rows through a C parser, batch by batch, into preallocated columns: times parsed with the file's exact format,
 numbers as float64, and the reason for every field that is neither.
 
-Two readers. `read_rows_arrow` is the fast path: pyarrow's CSV reader (multithreaded, numbers straight to float64)
-on a file whose every data line is sound: no line blank or too long, no quote, the field count the parser's to
-check, every number one both parsers read alike, every time in canonical fixed-width form (read from the bytes by
-numpy). It returns None at the first thing it does not vouch for, and `read_rows` (pandas' C parser on the lines the
-full byte scan keeps, by chunks) reads the file as before: every refusal, reason and count stays that reader's."""
+Two readers. `read_rows_arrow` is the fast path: pyarrow's CSV reader (typed as it parses: prices to float64, volumes
+to int64, the times as bytes) on a file whose every data line is sound: no line blank or too long, no quote, the
+field count the parser's to check, every number one both parsers read alike, every time in canonical fixed-width form
+(read from the bytes by numpy). It returns None at the first thing it does not vouch for, and `read_rows` (pandas' C
+parser on the lines the full byte scan keeps, by chunks) reads the file as before: every refusal, reason and count
+stays that reader's."""
 
 from __future__ import annotations
 
@@ -223,7 +224,7 @@ class _Ahead:
             self._thread.join()
 
 
-def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, data_at: int) -> tuple[np.ndarray, Rows] | None:
+def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, data_at: int) -> tuple[LineNumbers, Rows] | None:
     """(the line number of each row, the rows) of every line from index `data_at` on, by pyarrow's CSV reader, or
     None when the file is not one this path vouches for (the module header): `read_rows` then reads it."""
     plans = _time_plans(layout, shape)
