@@ -31,6 +31,7 @@ BAR_REASONS = ("nan_price", "non_positive_price", "high_below_low", "open_close_
                *OUTLIER_REASONS)
 
 _NO_TIME = np.iinfo(np.int64).min
+_CHUNK = 1 << 15  # bars per chunk of the vector checks: each temporary fits the cache, not a 28 MB column per pass
 _ROUNDABLE = 1e15
 
 
@@ -54,12 +55,12 @@ def check_bars(bars: Bars, *, max_atr: float, digits: int | None = None, previou
         bars, repaired_mask = round_prices(bars, digits)
     ok, rejected = _basic(bars, previous_time)
     if math.isfinite(max_atr) and ok.any():
-        every = bool(ok.all())  # the usual case: no copies of the columns
-        kept = np.arange(len(ok)) if every else np.flatnonzero(ok)
+        every = bool(ok.all())  # the usual case: no copies of the columns, no index array
+        kept = None if every else np.flatnonzero(ok)
         pick = (lambda x: x) if every else (lambda x: x[kept])
         outlier = _outliers(pick(bars.high), pick(bars.low), pick(bars.close), pick(bars.time), max_atr)
         for j, reason in outlier:
-            i = int(kept[j])
+            i = j if every else int(kept[j])
             ok[i] = False
             rejected.append((i, reason))
         rejected.sort()
@@ -93,23 +94,35 @@ def _basic(bars: Bars, previous_time: int | None) -> tuple[np.ndarray, list[tupl
     as `previous_time` (so a duplicate or backwards bar is refused, never the good bar before it).
     """
     o, h, lo, c, t = bars.open, bars.high, bars.low, bars.close, bars.time
-    with np.errstate(invalid="ignore"):
-        price_ok = (
-            np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
-            & (o > 0) & (h > 0) & (lo > 0) & (c > 0)
-            & (h >= lo) & (h >= np.maximum(o, c)) & (lo <= np.minimum(o, c))
-        )
-    # A price-sound bar whose time is not after the last accepted one is refused; such a bar never raises the
-    # running maximum, so the maximum over all price-sound bars is the last accepted time.
+    n = len(t)
+    ok = np.empty(n, bool)
     start = _NO_TIME if previous_time is None else previous_time
-    running = np.maximum.accumulate(np.where(price_ok, t, _NO_TIME)) if len(t) else t
-    previous = np.maximum(np.concatenate(([start], running[:-1])), start) if len(t) else t
-    ok = price_ok & (t > previous)
+    # A price-sound bar whose time is not after the last accepted one is refused; such a bar never raises the
+    # running maximum, so the maximum over all price-sound bars before a bar is the last accepted time.
+    running_max = _NO_TIME
     rejected = []
-    for i in np.flatnonzero(~ok):
-        prev = None if previous[i] == _NO_TIME else int(previous[i])
-        reason = bar_problem(time=int(t[i]), open=float(o[i]), high=float(h[i]), low=float(lo[i]), close=float(c[i]), previous_time=prev)
-        rejected.append((int(i), reason or "invalid"))
+    for a in range(0, n, _CHUNK):  # by chunks that stay in the cache: the same values as whole-array passes
+        b = min(a + _CHUNK, n)
+        oc, hc, lc, cc, tc = o[a:b], h[a:b], lo[a:b], c[a:b], t[a:b]
+        with np.errstate(invalid="ignore"):
+            price_ok = (
+                np.isfinite(oc) & np.isfinite(hc) & np.isfinite(lc) & np.isfinite(cc)
+                & (oc > 0) & (hc > 0) & (lc > 0) & (cc > 0)
+                & (hc >= lc) & (hc >= np.maximum(oc, cc)) & (lc <= np.minimum(oc, cc))
+            )
+        running = np.maximum.accumulate(np.where(price_ok, tc, _NO_TIME))
+        np.maximum(running, running_max, out=running)
+        previous = np.empty(b - a, np.int64)
+        previous[0] = running_max
+        previous[1:] = running[:-1]
+        np.maximum(previous, start, out=previous)
+        running_max = int(running[-1])
+        np.logical_and(price_ok, tc > previous, out=ok[a:b])
+        for j in np.flatnonzero(~ok[a:b]):
+            i = a + int(j)
+            prev = None if previous[j] == _NO_TIME else int(previous[j])
+            reason = bar_problem(time=int(t[i]), open=float(o[i]), high=float(h[i]), low=float(lo[i]), close=float(c[i]), previous_time=prev)
+            rejected.append((i, reason or "invalid"))
     return ok, rejected
 
 
@@ -133,44 +146,65 @@ def _warmup_reference(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> t
     return float(np.median(high[head] - low[head])), float(np.median(close[head]))
 
 
-def outlier_ratios(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each bar's range and move in units of its limit's ATR (the jump already divided by the time root), on the
-    assumption that every bar is accepted: a bar is an outlier when a ratio exceeds max_atr. Vectorised, in place
-    where it can be: on a file of millions of bars each temporary is tens of megabytes."""
+def _ratio_chunks(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.ndarray, size: int = _CHUNK):
+    """(start, range ratios, jump ratios) of each chunk of `size` bars: `outlier_ratios` cut in pieces that stay in
+    the cache, each element computed by the same operations, in the same order, as on the whole arrays."""
     n = len(high)
     if n == 0:
-        return np.zeros(0), np.zeros(0)
+        return
     warm_atr, warm_close = _warmup_reference(high, low, close)
-    prev_close = np.empty(n)
-    prev_close[0] = warm_close
-    prev_close[1:] = close[:-1]
-    with np.errstate(over="ignore", invalid="ignore"):
-        tr = np.maximum(high, prev_close)
-        tr -= np.minimum(low, prev_close)
-        tr[0] = high[0] - low[0]
-        atr = np.full(n, warm_atr)
-        if n > WARMUP:
-            # Window sums, not differences of a running sum: one absurd bar must not turn every later ATR into inf - inf.
-            # Added left to right, slice by slice: the same sum, to the bit, as the bar-by-bar path's `sum(trs)`.
-            m = n - WARMUP
-            window = tr[0:m].copy()
-            for k in range(1, ATR_PERIOD):
-                window += tr[k:k + m]
-            window /= ATR_PERIOD
-            atr[WARMUP:] = window
-        np.maximum(atr, ATR_FLOOR * prev_close, out=atr)
-        limit_atr = atr  # atr x sqrt(minutes since the previous bar opened, at least 1)
-        minutes = np.diff(time).astype(np.float64)
-        minutes /= 60.0
-        np.maximum(minutes, 1.0, out=minutes)
-        np.sqrt(minutes, out=minutes)
-        limit_atr[1:] *= minutes
-        jump = np.abs(high - prev_close)
-        np.maximum(jump, np.abs(low - prev_close), out=jump)
-        jump /= limit_atr
-        range_ratio = high - low
-        range_ratio /= limit_atr
-        return range_ratio, jump
+    for a in range(0, n, size):
+        b = min(a + size, n)
+        first = max(a - ATR_PERIOD, 0)  # the true ranges of the ATR_PERIOD bars before the chunk are summed too
+        prev_close = np.empty(b - first)
+        if first == 0:
+            prev_close[0] = warm_close
+            prev_close[1:] = close[:b - 1]
+        else:
+            prev_close[:] = close[first - 1:b - 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            tr = np.maximum(high[first:b], prev_close)
+            tr -= np.minimum(low[first:b], prev_close)
+            if first == 0:
+                tr[0] = high[0] - low[0]
+            atr = np.full(b - a, warm_atr)
+            s = max(a, WARMUP)
+            if s < b:
+                # Window sums, not differences of a running sum: one absurd bar must not turn every later ATR into
+                # inf - inf. Added left to right, slice by slice: the same sum, to the bit, as the bar-by-bar
+                # path's `sum(trs)`.
+                m, at = b - s, s - ATR_PERIOD - first
+                window = tr[at:at + m].copy()
+                for k in range(1, ATR_PERIOD):
+                    window += tr[at + k:at + k + m]
+                window /= ATR_PERIOD
+                atr[s - a:] = window
+            prev_close = prev_close[a - first:]
+            np.maximum(atr, ATR_FLOOR * prev_close, out=atr)
+            limit_atr = atr  # atr x sqrt(minutes since the previous bar opened, at least 1)
+            t0 = max(a, 1)
+            minutes = (time[t0:b] - time[t0 - 1:b - 1]).astype(np.float64)
+            minutes /= 60.0
+            np.maximum(minutes, 1.0, out=minutes)
+            np.sqrt(minutes, out=minutes)
+            limit_atr[t0 - a:] *= minutes
+            jump = np.abs(high[a:b] - prev_close)
+            np.maximum(jump, np.abs(low[a:b] - prev_close), out=jump)
+            jump /= limit_atr
+            range_ratio = high[a:b] - low[a:b]
+            range_ratio /= limit_atr
+        yield a, range_ratio, jump
+
+
+def outlier_ratios(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each bar's range and move in units of its limit's ATR (the jump already divided by the time root), on the
+    assumption that every bar is accepted: a bar is an outlier when a ratio exceeds max_atr. Vectorised, by chunks
+    that stay in the cache: on a file of millions of bars a whole-column temporary is tens of megabytes."""
+    n = len(high)
+    range_ratio, jump = np.empty(n), np.empty(n)
+    for a, r, j in _ratio_chunks(high, low, close, time):
+        range_ratio[a:a + len(r)], jump[a:a + len(j)] = r, j
+    return range_ratio, jump
 
 
 def _outliers(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.ndarray, max_atr: float) -> list[tuple[int, str]]:
@@ -180,9 +214,9 @@ def _outliers(high: np.ndarray, low: np.ndarray, close: np.ndarray, time: np.nda
     accepted bars until 15 in a row are accepted (the ATR window and its previous closes are raw bars again), then
     the ratios are exact once more. Cost: the vector pass plus about 15 bars per outlier.
     """
-    range_ratio, jump_ratio = outlier_ratios(high, low, close, time)
     # Not `> max_atr`: a ratio that is NaN (an ATR window holding an overflowing bar) is looked at bar by bar too.
-    flagged = np.flatnonzero(~((range_ratio <= max_atr) & (jump_ratio <= max_atr)))
+    flagged = [np.flatnonzero(~((r <= max_atr) & (j <= max_atr))) + a for a, r, j in _ratio_chunks(high, low, close, time)]
+    flagged = np.concatenate(flagged) if flagged else np.zeros(0, np.intp)
     if len(flagged) == 0:
         return []
     n = len(high)

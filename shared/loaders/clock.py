@@ -36,16 +36,25 @@ def _zone_offset(rule: str, hour_epoch: int) -> int:
     return hour_epoch - int(server_to_utc(rule, from_epoch(hour_epoch).replace(tzinfo=None)).timestamp())
 
 
-def wall_to_utc(rule: str, wall: np.ndarray) -> np.ndarray:
+def wall_to_utc(rule: str, wall: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     """Convert wall-clock epochs (read as if UTC) to UTC epochs: `server_to_utc`'s rules, or `tz:<IANA name>`.
 
-    The rules server_offset knows are computed on the whole array (`rule_offsets`); an IANA zone's offsets change
-    only on whole hours, so every minute of a wall-clock hour shares the hour's offset: one conversion per hour.
+    The rules server_offset knows are computed on the whole array (`rule_offsets`), or, on sorted times, once per
+    stretch of constant offset (`_offset_runs`); an IANA zone's offsets change only on whole hours, so every minute of
+    a wall-clock hour shares the hour's offset: one conversion per hour. `in_place`: `wall` itself is converted (an
+    int64 array the caller owns) and returned.
     """
     if len(wall) == 0:
         return wall
     if not rule.startswith("tz:"):
-        return wall - rule_offsets(rule, wall)
+        runs = _offset_runs(rule, wall)
+        if runs is None:
+            offsets = rule_offsets(rule, wall)
+            return np.subtract(wall, offsets, out=wall) if in_place else wall - offsets
+        out = wall if in_place else wall.copy()
+        for a, b, offset in runs:
+            out[a:b] -= offset
+        return out
     hours, inverse = np.unique(wall // 3600 * 3600, return_inverse=True)
     offsets = np.array([_zone_offset(rule, int(h)) for h in hours], np.int64)
     return wall - offsets[inverse]
@@ -64,6 +73,7 @@ INFER_MIN_CONFIDENCE = 0.6  # below it the file is read as UTC and the warning s
 _DAILY_MIN_S, _DAILY_MAX_S, _WEEKLY_MIN_S = 40 * 60, 6 * 3600, 24 * 3600
 _EARLY_S, _LATE_S = 30 * 60, 10 * 60  # a session may end up to 30 minutes before 17:00 New York, or 10 after
 _WEEKLY_WEIGHT = 3  # one weekly close says as much as three daily breaks (FX has no daily break at all)
+_CHUNK = 1 << 16  # times per chunk of the gap scan
 _PRIOR = 3  # evidence weight that brings confidence to one half: one weekly close alone is not enough
 
 
@@ -102,6 +112,31 @@ def us_dst_offset(utc: np.ndarray) -> np.ndarray:
     return np.where(summer, 3 * 3600, 2 * 3600).astype(np.int64)
 
 
+def _offset_runs(rule: str, wall: np.ndarray) -> list[tuple[int, int, int]] | None:
+    """(start, end, offset) of the stretches of sorted `wall` over which `rule_offsets` is constant, each offset
+    computed by `rule_offsets` itself on the stretch's first time; None for times not in order (or a zone rule).
+
+    us_dst's offset at wall time w is S(w - S(w)), S the season step of `us_dst_offset`, whose steps are the DST switch
+    instants: so it can change only where w crosses a switch, or a switch plus two or three hours."""
+    key = rule.strip().lower()
+    if key != "us_dst":
+        if key.startswith("tz:"):
+            return None
+        return [(0, len(wall), int(rule_offsets(rule, wall[:1])[0]))]
+    if len(wall) > 1 and not bool(np.all(wall[1:] >= wall[:-1])):
+        return None
+    years = range(from_epoch(int(wall[0]) - 2 * 86_400).year, from_epoch(int(wall[-1]) + 2 * 86_400).year + 1)
+    switches = []
+    for y in years:
+        switches.append(int(datetime.combine(nth_sunday(y, 3, 2), time(7), UTC).timestamp()))
+        switches.append(int(datetime.combine(nth_sunday(y, 11, 1), time(6), UTC).timestamp()))
+    steps = np.unique(np.concatenate([np.array(switches, np.int64) + shift for shift in (0, 2 * 3600, 3 * 3600)]))
+    cuts = np.unique(np.concatenate(([0], np.searchsorted(wall, steps, side="left"), [len(wall)])))
+    starts, ends = cuts[:-1], cuts[1:]
+    offsets = rule_offsets(rule, wall[starts])
+    return [(int(a), int(b), int(o)) for a, b, o in zip(starts, ends, offsets, strict=True) if b > a]
+
+
 def rule_offsets(rule: str, wall: np.ndarray) -> np.ndarray:
     """Seconds the clock of `rule` is ahead of UTC at each wall-clock epoch (`wall - wall_to_utc(rule, wall)`)."""
     rule = rule.strip().lower() if not rule.startswith("tz:") else rule
@@ -115,10 +150,17 @@ def rule_offsets(rule: str, wall: np.ndarray) -> np.ndarray:
 
 def session_ends(wall: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(close epochs of the last bar before each weekly or daily break, whether each is weekly), on the file's clock."""
-    gap = np.diff(wall)
-    at = np.flatnonzero(gap >= _DAILY_MIN_S)
-    weekly = gap[at] >= _WEEKLY_MIN_S
-    keep = weekly | (gap[at] <= _DAILY_MAX_S)
+    ats, gaps = [], []
+    for a in range(0, max(len(wall) - 1, 0), _CHUNK):  # by chunks: no array of millions of gaps
+        b = min(a + _CHUNK, len(wall) - 1)
+        gap = wall[a + 1:b + 1] - wall[a:b]
+        at = np.flatnonzero(gap >= _DAILY_MIN_S)
+        ats.append(at + a)
+        gaps.append(gap[at])
+    at = np.concatenate(ats) if ats else np.zeros(0, np.intp)
+    gap = np.concatenate(gaps) if gaps else np.zeros(0, np.int64)
+    weekly = gap >= _WEEKLY_MIN_S
+    keep = weekly | (gap <= _DAILY_MAX_S)
     return wall[at[keep]] + 60, weekly[keep]
 
 

@@ -1,8 +1,9 @@
 """`load_m1`: an M1 file of any supported format -> UTC `Bars` and the validation report.
 
-The rows are read by pandas' C parser in chunks (pandas is imported here, lazily, only when a file is read); a numpy
-pass over the raw bytes first finds each line's length and field count, so a wrong row or an over-long line is named
-by its line number without pandas ever holding it."""
+A sound file's rows are read by pyarrow's CSV reader (`rows.read_rows_arrow`, after a scan of its line ends); any
+other's by pandas' C parser in chunks, after a numpy pass over the raw bytes that finds each line's length and field
+count, so a wrong row or an over-long line is named by its line number without the parser ever holding it. Both
+parsers are imported lazily, only when a file is read."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from shared.bars import Bars
 from shared.loaders.clock import INFER_MIN_CONFIDENCE, _server_rule, infer_clock, rule_flag, same_reading, wall_to_utc
 from shared.loaders.layout import HISTDATA_UTC_OFFSET_HOURS, WHITESPACE, Layout, _split, detect_layout
 from shared.loaders.report import LoadResult, UnknownFormat, validate_bars
-from shared.loaders.rows import read_rows
+from shared.loaders.rows import read_rows, read_rows_arrow
 from shared.loaders.text import _SNIFF_BYTES, MAX_LINE_BYTES, _line_text, _readable, _scan_lines
 from shared.loaders.times import TimeShape, time_shape
 
@@ -48,8 +49,12 @@ def load_m1(
         layout = detect_layout(head_lines[first_at])
         data_at = first_at + 1 if layout.header else first_at
         shape = _shape_from(layout, head_lines[data_at:])
-        line_numbers, skip, rejected = _classify_lines(source, encoding, layout, data_at)
-        parts = read_rows(source, encoding, layout, shape, skip=skip, expected=len(line_numbers))
+        fast = read_rows_arrow(source, encoding, layout, shape, data_at)
+        if fast is not None:
+            (line_numbers, parts), rejected = fast, []
+        else:
+            line_numbers, skip, rejected = _classify_lines(source, encoding, layout, data_at)
+            parts = read_rows(source, encoding, layout, shape, skip=skip, expected=len(line_numbers))
 
     rows_count = len(line_numbers)
     wall, stated_utc, bad, values = parts.wall, parts.stated, parts.bad, parts.values
@@ -61,11 +66,13 @@ def load_m1(
     # Filler bars (a closed market padded with flat zero-volume bars) can only be told when the file has volumes.
     has_volume = "tick_volume" in layout.columns and bool(np.any((vol != 0) & ~bad))
     filler = (o == h) & (h == lo) & (lo == c) & (vol == 0) & ~bad if has_volume else np.zeros(rows_count, bool)
-    keep_idx = np.flatnonzero(~bad & ~filler)
+    dropped = bad | filler
+    every = not dropped.any()  # the usual case: no index array, no copies of the columns
+    keep_idx = None if every else np.flatnonzero(~dropped)
     dropped_flat = int(filler.sum())
 
     def kept(column: np.ndarray) -> np.ndarray:
-        return column if len(keep_idx) == rows_count else column[keep_idx]  # no copy when every row is kept
+        return column if every else column[keep_idx]
 
     wall_kept = kept(wall)
 
@@ -81,12 +88,14 @@ def load_m1(
     else:
         rule, confidence, clock_hint, source = _clock_rule(rule, wall_kept, warnings)
 
-    times = wall_kept if stated else wall_to_utc(rule, wall_kept)
+    # The columns are this function's own (read above, or copies of them): converted in place.
+    times = wall_kept if stated else wall_to_utc(rule, wall_kept, in_place=True)
+    volume = kept(vol)
     bars = Bars.from_columns(time=times, open=kept(o), high=kept(h), low=kept(lo), close=kept(c),
-                             tick_volume=np.rint(kept(vol)).astype(np.int64), spread=kept(values["spread"]))
-    del parts, values, vol, wall, wall_kept, filler, bad  # the columns live on in `bars`; the rest is freed before the check
+                             tick_volume=np.rint(volume, out=volume).astype(np.int64), spread=kept(values["spread"]))
+    del parts, values, vol, volume, wall, wall_kept, filler, bad, dropped  # the columns live on in `bars`; the rest is freed before the check
     bars, bad_bars = validate_bars(bars)
-    rejected.extend((int(line_numbers[keep_idx[i]]), reason) for i, reason in bad_bars)
+    rejected.extend((int(line_numbers[i if every else keep_idx[i]]), reason) for i, reason in bad_bars)
     rejected.sort()
     if rejected:
         warnings.append(f"{len(rejected)} rows rejected (first at line {rejected[0][0]}: {rejected[0][1]})")

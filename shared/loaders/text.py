@@ -168,6 +168,43 @@ def _scan_lines(path: Path, delimiter: str) -> _Lines:
     return _Lines(starts, lengths, fields)
 
 
+_WINDOW = 2048  # a line of MAX_LINE_BYTES or more covers a whole aligned window of this many bytes
+assert 2 * _WINDOW <= MAX_LINE_BYTES and _SCAN_BYTES % _WINDOW == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Soundness:
+    lines: int  # lines from the start offset on (a last line without a line feed counts)
+    sound: bool  # no line of MAX_LINE_BYTES or more, no quote, every CR the start of a CR LF
+    letters: bool  # an `n`, `i` (any case): the only letters a number could hold (`nan`, `inf`)
+
+
+def _soundness(path: Path, start: int) -> Soundness:
+    """The fast path's scan of the bytes from `start` on, at a fraction of `_scan_lines`' cost: no line is measured,
+    but every aligned window of _WINDOW bytes must hold a line feed, so no line reaches MAX_LINE_BYTES."""
+    lines, sound, letters, last = 0, True, False, b""
+    with open(path, "rb") as f:
+        f.seek(start)
+        while sound and (block := f.read(_SCAN_BYTES)):
+            a = np.frombuffer(block, np.uint8)
+            lf = a == 10
+            lines += int(np.count_nonzero(lf))
+            full = len(a) // _WINDOW * _WINDOW
+            if not lf[:full].reshape(-1, _WINDOW).any(axis=1).all() or b'"' in block:
+                sound = False
+            if b"\r" in block:  # a lone CR ends a line for the parsers, not for the line numbers
+                cr = np.flatnonzero(a == 13)
+                inside = cr[cr + 1 < len(a)]
+                sound = sound and bool(lf[inside + 1].all()) and (len(inside) == len(cr) or f.read(1) == b"\n")
+                if len(inside) != len(cr):
+                    f.seek(-1, 1)
+            letters = letters or any(c in block for c in (b"n", b"N", b"i", b"I"))
+            last = block
+    if last and last[-1:] != b"\n":
+        lines += 1
+    return Soundness(lines, sound, letters)
+
+
 def _line_text(path: Path, lines: _Lines, i: int, encoding: str) -> str:
     with open(path, "rb") as f:
         f.seek(int(lines.starts[i]))

@@ -144,3 +144,99 @@ def _day_month_order(candidates, shape: TimeShape) -> tuple[int, str]:
     else:
         why = f"the values fit both readings; {shape.order_names[pick]} is the convention for this separator"
     return pick, f"dates read as {shape.order_names[pick]}: {why}"
+
+
+# --- fixed-width times, straight from the bytes -------------------------------------------------------------
+#
+# The fast path (`rows.read_rows_arrow`) hands over each batch's time column as the raw bytes of equal-length
+# strings. When the shape's first format is made only of fixed-width numbers (%Y, %m, %d, %H, %M, %S) and literal
+# ASCII characters, a string is in canonical form when every literal sits at its place and every number position
+# holds a digit: such a string has one reading, the one pandas' exact-format parse gives it, and numpy reads it by
+# position (one subtraction, one comparison and one small matrix product per batch). A string not in that form is
+# left to pandas (the caller falls back); one in that form but naming no real time (month 13, February 30, hour 24)
+# is flagged here, and its verdict is pandas' too.
+
+_FIXED_WIDTHS = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2}
+_YEARS = (1900, 2200)  # a year outside is left to pandas: no M1 file holds one, and its bounds are pandas' to say
+_NOT_DIGITS = 255
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FixedFormat:
+    width: int  # bytes of every string
+    literal_at: np.ndarray  # byte positions of the literal characters
+    literals: np.ndarray  # (uint8) the literal characters
+    pairs: dict[str, tuple[int, ...]]  # directive letter -> byte position of each of its two-digit groups
+
+
+def fixed_format(fmt: str) -> FixedFormat | None:
+    """The byte layout of a strptime format of fixed-width numbers and ASCII literals, or None for any other."""
+    at, literals, pairs, pos, i = [], [], {}, 0, 0
+    while i < len(fmt):
+        ch = fmt[i]
+        if ch == "%" and i + 1 < len(fmt) and fmt[i + 1] in _FIXED_WIDTHS and fmt[i + 1] not in pairs:
+            width = _FIXED_WIDTHS[fmt[i + 1]]
+            pairs[fmt[i + 1]] = tuple(range(pos, pos + width, 2))
+            pos += width
+            i += 2
+            continue
+        if ch == "%" and fmt[i + 1:i + 2] == "%":
+            i += 1
+        elif ch == "%" or ord(ch) > 127:
+            return None
+        at.append(pos)
+        literals.append(ord(ch))
+        pos += 1
+        i += 1
+    return FixedFormat(pos, np.array(at, np.intp), np.array(literals, np.uint8), pairs)
+
+
+_TABLES: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(two bytes read as one little-endian uint16 -> their value 0-99, or _NOT_DIGITS; epoch day of each month's
+    first day and the days in it, for the months of _YEARS, indexed by (year - first year) * 12 + month - 1)."""
+    global _TABLES
+    if _TABLES is None:
+        pair = np.full(1 << 16, _NOT_DIGITS, np.uint8)
+        tens, ones = np.divmod(np.arange(100), 10)
+        pair[(ones + 48) * 256 + tens + 48] = np.arange(100)  # the first byte (tens) is the low one
+        months = np.arange(np.datetime64(f"{_YEARS[0]}-01", "M"), np.datetime64(f"{_YEARS[1] + 1}-02", "M"))
+        first = months.astype("datetime64[D]").astype(np.int64)
+        _TABLES = pair, first[:-1], np.diff(first).astype(np.uint8)
+    return _TABLES
+
+
+def fixed_epochs(matrices: list[np.ndarray], formats: list[FixedFormat]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(epoch seconds, a mask of the rows naming no real time) of (rows, width) uint8 matrices, one per time column
+    (the date and the time of day may come apart), or None unless every row is in canonical form."""
+    pair, first, days_in = _tables()
+    n = len(matrices[0])
+    got: dict[str, np.ndarray] = {}
+    for matrix, fmt in zip(matrices, formats, strict=True):
+        if len(fmt.literal_at) and not (matrix[:, fmt.literal_at] == fmt.literals).all():
+            return None
+        for d, groups in fmt.pairs.items():
+            parts = [pair[matrix[:, g:g + 2].view("<u2")[:, 0]] for g in groups]  # uint8 values 0-99
+            if any(int(p.max(initial=0)) == _NOT_DIGITS for p in parts):
+                return None
+            got[d] = parts[0] if len(parts) == 1 else parts[0].astype(np.int32) * 100 + parts[1]
+    # Narrow types while checking (a month or an hour is one byte), int64 only for the epochs themselves.
+    year = got["Y"] if "Y" in got else np.full(n, 1900, np.int32)
+    month = got["m"] if "m" in got else np.ones(n, np.uint8)
+    day = got["d"] if "d" in got else np.ones(n, np.uint8)
+    zero = np.zeros(n, np.uint8)
+    hour, minute, second = got.get("H", zero), got.get("M", zero), got.get("S", zero)
+    invalid = (year < _YEARS[0]) | (year > _YEARS[1]) | (month - np.uint8(1) > 11) | (day == 0) | (hour > 23)
+    invalid |= (minute > 59) | (second > 59)
+    at = (year - _YEARS[0]) * 12 + month.astype(np.int32) - 1
+    at[invalid] = 0
+    invalid |= day > days_in[at]
+    epochs = first[at]
+    epochs += day
+    epochs -= 1
+    epochs *= 86_400
+    epochs += hour.astype(np.int32) * 3600 + minute.astype(np.int32) * 60 + second
+    epochs[invalid] = 0
+    return epochs, invalid
