@@ -58,6 +58,8 @@ def test_backtest_imports_no_database_web_or_bus_module(tmp_path):
     loaded = [m for m in FORBIDDEN if m in report["modules"]]
     assert loaded == [], f"scalper backtest imported {loaded}"
     assert report["blas_threads"] == "1"  # numpy's OpenBLAS started with one thread (no linear algebra in a backtest)
+    # A well-formed MT5 rates file takes the loader's pyarrow path and TA-Lib comes without its wrapping: no pandas.
+    assert "pandas" not in report["modules"], "scalper backtest imported pandas"
 
 
 TA_PROBE = """
