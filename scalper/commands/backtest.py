@@ -222,10 +222,10 @@ def _print(doc: dict) -> None:
     run = doc["run"]
     clock = f"server time {run['server_time']} ({run['server_time_source']}, confidence {run['server_time_confidence']:.2f})"
     table = Table(title=f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars, {clock})")
-    table.add_column("")
+    table.add_column("", overflow="fold")  # a narrow terminal folds a name or a figure, it never cuts one short
     columns = list(doc["by_strategy"].items()) + [("total", doc["total"])]
     for name, _ in columns:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", overflow="fold")
     for key in STAT_KEYS:
         cells = []
         for _, s in columns:
@@ -233,6 +233,8 @@ def _print(doc: dict) -> None:
             cells.append("–" if v is None else f"{v:.2%}" if key == "win_rate" else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}")
         table.add_row(key, *cells)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))  # piped or redirected: the table at its own width, not 80
     console.print(table)
     console.print(f"signals {run['signals']}, ignored {run['ignored'] or 'none'}, kill switch days {len(run['kill_switch_days'])}, "
                   f"final balance {run['final_balance']:,.2f}")

@@ -42,6 +42,9 @@ def test_json_and_html_on_a_week_of_gold(gold_file, tmp_path):
     assert "{'" not in ours.split("<script")[0]  # the run table shows no dict repr
     assert len(ours) < len(html) and re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", ours) is None  # no external assets
     assert "total" in result.output
+    for name in [*catalog.names("scalper"), *STAT_KEYS]:  # piped, the table is printed whole: no name cut short
+        assert name in result.output, name
+    assert "…" not in result.output
 
 
 def test_json_to_stdout_and_strategy_choice(gold_file):
