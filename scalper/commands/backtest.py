@@ -221,7 +221,8 @@ def _print(doc: dict) -> None:
 
     run = doc["run"]
     clock = f"server time {run['server_time']} ({run['server_time_source']}, confidence {run['server_time_confidence']:.2f})"
-    table = Table(title=f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars, {clock})")
+    title = f"{run['symbol']} {run['engine']} engine, {run['from']} → {run['to']} ({run['bars']:,} bars, {clock})"
+    table = Table()
     table.add_column("", overflow="fold")  # a narrow terminal folds a name or a figure, it never cuts one short
     columns = list(doc["by_strategy"].items()) + [("total", doc["total"])]
     for name, _ in columns:
@@ -235,6 +236,7 @@ def _print(doc: dict) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 200))  # piped or redirected: the table at its own width, not 80
+    console.print(title, style="italic", highlight=False)  # above the table, not its title: a title wraps at its width
     console.print(table)
     console.print(f"signals {run['signals']}, ignored {run['ignored'] or 'none'}, kill switch days {len(run['kill_switch_days'])}, "
                   f"final balance {run['final_balance']:,.2f}")

@@ -157,7 +157,8 @@ def _clock_rule(given: str | None, wall: np.ndarray, warnings: list[str]) -> tup
 
 
 def _shape_from(layout: Layout, data_lines: list[str]) -> TimeShape | None:
-    """The time shape of the file's first data row (None: every time is bad, and each row says so)."""
+    """The time shape of the file's first data row whose time has one (None: every time is bad, and each row says so);
+    a broken first row does not make every later row's good time read as bad."""
     for line in data_lines:
         if not line.strip():
             continue
@@ -167,7 +168,9 @@ def _shape_from(layout: Layout, data_lines: list[str]) -> TimeShape | None:
             sample = fields[cols["datetime"]] if "datetime" in cols else f"{fields[cols['date']]} {fields[cols['time_of_day']]}"
         except IndexError:
             continue
-        return time_shape(sample, day_first=True if layout.format == "dukascopy" else None)
+        shape = time_shape(sample, day_first=True if layout.format == "dukascopy" else None)
+        if shape is not None:
+            return shape
     return None
 
 
@@ -183,7 +186,7 @@ def _suggestion(rejected: list[tuple[int, str]], layout: Layout, shape: TimeShap
                 f"and the rows with the same separator ({'spaces' if layout.delimiter == WHITESPACE else repr(layout.delimiter)}), one field per column")
     if top == "bad time":
         return ("the times match no shape the loader reads: write them as YYYY-MM-DD HH:MM:SS (or YYYY.MM.DD and HH:MM:SS in "
-                "two columns, or epoch seconds)" + (f"; the first row looked like {shape.name}" if shape else ""))
+                "two columns, or epoch seconds)" + (f"; the first time it could read looked like {shape.name}" if shape else ""))
     if top.startswith("bad "):
         return f"the {top[4:]} column holds text that is no number: use `.` as the decimal point and no thousands separator"
     if top.startswith("line longer"):

@@ -93,6 +93,18 @@ def test_histdata_is_est_without_dst(tmp_path):
     assert load_m1(path, utc_offset_hours=0).first == utc(2024, 1, 2, 17, 0)  # the user's word wins
 
 
+def test_a_broken_first_row_does_not_make_later_good_times_bad(tmp_path):
+    path = write(tmp_path, "broken_first.csv", (
+        "time,open,high,low,close,volume\n"
+        "foo,1,2,0.5,1,5\n"  # line 2: its time has no shape
+        "2024-01-02 10:00,abc,2,0.5,1,1\n"  # line 3: a good time, a bad number
+        "2024-01-02 10:01,1.1,1.2,1.0,1.1,1\n"
+    ))
+    result = load_m1(path)
+    assert result.rejected == [(2, "bad time 'foo'"), (3, "bad open 'abc'")]
+    assert result.rows == 1 and result.first == utc(2024, 1, 2, 10, 1)
+
+
 @pytest.mark.parametrize("sep", [",", ";", "\t"])
 @pytest.mark.parametrize("case", [str.lower, str.upper, str.title])
 def test_generic_header_any_case_and_separator(tmp_path, sep, case):
