@@ -67,6 +67,18 @@ def _numbers(pd, column) -> tuple[np.ndarray, np.ndarray]:
     return coerced, bad
 
 
+def _chosen_order(walls: list[np.ndarray], invalid: list[np.ndarray], shape: TimeShape | None, texts: dict[int, str],
+                  problems: dict[int, str]) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(epochs, bad times, note) of the reading the file's values decide when the shape reads day and month either way
+    (one reading per entry of `walls`), each of its bad times named in `problems` by its text."""
+    pick, note = 0, None
+    if len(walls) == 2:
+        pick, note = _day_month_order(list(zip(walls, invalid, strict=True)), shape)
+    for i in np.flatnonzero(invalid[pick]):
+        problems[int(i)] = f"bad time {texts[int(i)]!r}"
+    return walls[pick], invalid[pick], note
+
+
 def read_rows(source: Path, encoding: str, layout: Layout, shape: TimeShape | None, *, skip: np.ndarray, expected: int) -> Rows:
     """Parse the `expected` lines left after skipping the line indexes `skip`."""
     import pandas as pd
@@ -122,12 +134,7 @@ def read_rows(source: Path, encoding: str, layout: Layout, shape: TimeShape | No
         raise UnknownFormat(f"{source}: the parser found another number of rows than the {expected} lines counted: "
                             f"a quoted field holds a line break")
 
-    pick, note = 0, None
-    if n_orders == 2:
-        pick, note = _day_month_order(list(zip(walls, bad_times, strict=True)), shape)
-    wall, bad_time = walls[pick], bad_times[pick]
-    for i in np.flatnonzero(bad_time):
-        problems[int(i)] = f"bad time {time_text[int(i)]!r}"
+    wall, bad_time, note = _chosen_order(walls, bad_times, shape, time_text, problems)
     values["spread"] = values["spread"].astype(np.int64)
     return Rows(wall, bool(shape and shape.stated), bad_time | bad_number, problems, values, note)
 
@@ -330,12 +337,7 @@ def read_rows_arrow(source: Path, encoding: str, layout: Layout, shape: TimeShap
         for k in range(n_orders):
             w, b = _parse(pd, texts, shape, k)
             walls[k][rows], invalid[k][rows] = w, b
-    pick, note = 0, None
-    if n_orders == 2:
-        pick, note = _day_month_order(list(zip(walls, invalid, strict=True)), shape)
-    wall, bad_time = walls[pick], invalid[pick]
-    for i in np.flatnonzero(bad_time):
-        problems[int(i)] = f"bad time {odd[int(i)]!r}"
+    wall, bad_time, note = _chosen_order(walls, invalid, shape, odd, problems)
     return LineNumbers(data_at + 1, expected), Rows(wall, False, bad_time, problems, values, note)
 
 
