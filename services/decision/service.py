@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prometheus_client import Counter
 
-from services.decision import alerts, events, killswitch, outgoing, plan
+from services.decision import alerts, events, killswitch, outgoing, plan, reporting
 from services.decision.batch import decide_account
 from services.decision.decisions import SignalOutcome, handle_signal
 from services.decision.plan import LookbackFor
@@ -25,7 +24,6 @@ from shared.bus import topology
 from shared.bus.base import Bus, Consumer, Delivery, TransientError
 from shared.db.engine import transaction
 from shared.db.patience import NO_PATIENCE, Patience
-from shared.logging import enabled as log_enabled
 from shared.logging import get_logger
 from shared.messages import (
     AccountSnapshot,
@@ -40,14 +38,14 @@ from shared.messages import (
     StrategyConfig,
 )
 from shared.db.models import BrokerAccount
-from shared.metrics import decision_ignored_total, decisions_total, kill_switch_trips_total, signals_ingested_total
+from shared.metrics import kill_switch_trips_total
 from shared.outbox import OutboxRelay, Pending
 from shared.settings import Settings
 from shared.rates import RatesClient, RatesUnavailable
-from shared.symbols import canonical_symbol, learn_spec
+from shared.symbols import learn_spec
 from shared.timeutil import Clock
 
-log_name = "services.decision"
+log_name = reporting.LOG_NAME
 log = get_logger(log_name)
 
 # How many (window, bot) scan lines to remember, so a redelivered ScanReport does not log its lines twice.
@@ -328,56 +326,16 @@ class DecisionService:
             # The intent's outbox row committed with the decision; the relay publishes it now (a crash before it does
             # leaves the row, published at the next start). Before the log line, not on the way.
             await self.outbox.kick(outcome.outbox)
-        self._log_decisions([(signal, outcome)])
+        reporting.log_lines([(signal, outcome)])
 
     def _after_scan(self, decided: Sequence[tuple[Signal, SignalOutcome]], *, log_lines: bool = True) -> None:
-        """Metrics, tallies and (unless told) log lines of committed decisions whose intents were kicked: each
-        metric's labels looked up once for the lot."""
-        ingested: dict[tuple[str, str], int] = {}
-        actions: dict[tuple[str, str], int] = {}
-        ignored: dict[str, int] = {}
+        """Tallies, metrics and (unless told) log lines of committed decisions whose intents were kicked."""
         for signal, outcome in decided:
-            if not outcome.bot_found:
-                continue
-            if outcome.signal_new:
-                key = (signal.strategy, canonical_symbol(signal.symbol))
-                ingested[key] = ingested.get(key, 0) + 1
-            self._tally(signal, outcome)
-            if outcome.decision_new:
-                decision = outcome.decision
-                key = (decision.action, signal.strategy)
-                actions[key] = actions.get(key, 0) + 1
-                if decision.action == "ignore":
-                    ignored[decision.reason] = ignored.get(decision.reason, 0) + 1
-        for (strategy, symbol), count in ingested.items():
-            signals_ingested_total.labels(strategy=strategy, symbol=symbol).inc(count)
-        for (action, strategy), count in actions.items():
-            decisions_total.labels(action=action, strategy=strategy).inc(count)
-        for reason, count in ignored.items():
-            decision_ignored_total.labels(reason=reason).inc(count)
+            if outcome.bot_found:
+                self._tally(signal, outcome)
+        reporting.count(decided)
         if log_lines:
-            self._log_decisions(decided)
-
-    def _log_decisions(self, decided: Sequence[tuple[Signal, SignalOutcome]]) -> None:
-        """Their log lines, built only when the logger would keep them (asked once for the lot)."""
-        if not log_enabled(log_name, logging.INFO):
-            return
-        for signal, outcome in decided:
-            if not outcome.bot_found:
-                log.info("signal for an unknown bot ignored", signal_id=str(signal.signal_id), bot_id=signal.bot_id,
-                         strategy=signal.strategy)
-            elif outcome.decision_new:
-                decision = outcome.decision
-                log.info(
-                    "decision",
-                    decision_id=decision.id,
-                    bot_id=decision.bot_id,
-                    signal_id=str(signal.signal_id),
-                    strategy=signal.strategy,
-                    decision_action=decision.action,
-                    reason=decision.reason,
-                    client_order_id=decision.client_order_id,
-                )
+            reporting.log_lines(decided)
 
     def _tally(self, signal: Signal, outcome: SignalOutcome) -> None:
         """Note a committed decision for the scan line of its window (the counts `scan_lines` would query)."""
